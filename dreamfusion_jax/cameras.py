@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from dreamfusion_jax import errors
 from dreamfusion_jax import numerics
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -219,29 +220,29 @@ def project(cameras: Cameras, points, resolution: int):
 
 
 def validate(camera_config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError with one sentence for an invalid camera group."""
+  """Raises UserError with one sentence for an invalid camera group."""
   c = camera_config
   for name in ('elevation_range', 'azimuth_range', 'distance_range',
                'focal_range', 'light_distance_range'):
     value = c[name]
     if len(value) != 2 or not value[0] < value[1]:
-      raise ValueError(
+      raise errors.UserError(
           f'camera.{name} = {tuple(value)} is not a (min, max) pair with '
           f'min < max; set it to e.g. --config.camera.{name}="(lo, hi)".')
   lo, hi = c.elevation_range
   if lo < -90.0 or hi > 90.0:
-    raise ValueError(
+    raise errors.UserError(
         f'camera.elevation_range = {(lo, hi)} leaves [-90, 90] degrees; '
         'clip it to that interval.')
   if c.distance_range[0] <= 0 or c.focal_range[0] <= 0:
-    raise ValueError(
+    raise errors.UserError(
         'camera.distance_range and camera.focal_range must be positive; '
         f'got {tuple(c.distance_range)} and {tuple(c.focal_range)}.')
   if not 0.0 <= c.uniform_area_prob <= 1.0:
-    raise ValueError(
+    raise errors.UserError(
         f'camera.uniform_area_prob = {c.uniform_area_prob} is not a '
         'probability; use a value in [0, 1].')
   for name in ('position_jitter', 'target_jitter', 'up_jitter',
                'light_direction_std'):
     if c[name] < 0:
-      raise ValueError(f'camera.{name} = {c[name]} is negative; use >= 0.')
+      raise errors.UserError(f'camera.{name} = {c[name]} is negative; use >= 0.')
