@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import flax
 import jax
+import jax.numpy as jnp
 
 # Order of the view-dependent embeddings (DESIGN.md section 4).
 VIEWS = ('front', 'side', 'back', 'overhead')
@@ -42,3 +43,24 @@ class Prior:
   alphas_cumprod: jax.Array
   encode: Callable = flax.struct.field(pytree_node=False)
   predict_noise: Callable = flax.struct.field(pytree_node=False)
+
+
+def view_index(azimuth, elevation, overhead_elevation=60.0,
+               front_half_width=45.0):
+  """Index into VIEWS for cameras at (azimuth, elevation) in degrees.
+
+  Overhead when elevation > 60; otherwise front when |azimuth| <= 45, back
+  when |azimuth - 180| <= 45, side otherwise (DESIGN.md section 4).
+
+  Args:
+    azimuth: [...] degrees, any range (wrapped to (-180, 180]).
+    elevation: [...] degrees.
+
+  Returns:
+    [...] int32 indices.
+  """
+  az = jnp.mod(azimuth + 180.0, 360.0) - 180.0  # [-180, 180)
+  front = jnp.abs(az) <= front_half_width
+  back = jnp.abs(jnp.abs(az) - 180.0) <= front_half_width
+  view = jnp.where(front, 0, jnp.where(back, 2, 1))
+  return jnp.where(elevation > overhead_elevation, 3, view).astype(jnp.int32)
