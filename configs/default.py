@@ -138,5 +138,7 @@ def get_config() -> ml_collections.ConfigDict:
   export.mesh_threshold = -1.0  # Density iso-level; < 0 picks automatically.
   export.mesh_bound = 1.0  # The grid spans [-bound, bound]^3.
   export.remove_floaters = True  # Keep only the largest connected piece(s).
+  export.floater_fraction = 0.05  # Min faces of a kept piece / largest's.
+  export.gif_size = 128  # Longer side of the turntable gifs in pixels.
 
   return config
