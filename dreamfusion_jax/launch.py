@@ -1,0 +1,54 @@
+"""What every launcher in experiments/ shares: error reporting and set-up.
+
+A `UserError` becomes one line on stderr and exit status 2, with no
+traceback: the sentence already says what is wrong and how to fix it.
+"""
+
+import logging as std_logging
+import os
+import sys
+
+from absl import app
+from absl import logging
+
+from dreamfusion_jax import errors
+
+
+def maybe_initialize_distributed(config) -> None:
+  """Joins the multi-process runtime first when `config.multihost` is set.
+
+  On TPU pods and SLURM clusters JAX finds its peers itself. Elsewhere set
+  JAX_COORDINATOR_ADDRESS (host:port), JAX_NUM_PROCESSES and JAX_PROCESS_ID.
+  """
+  if not config.multihost:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  kwargs = {}
+  if 'JAX_NUM_PROCESSES' in os.environ:
+    kwargs['num_processes'] = int(os.environ['JAX_NUM_PROCESSES'])
+  if 'JAX_PROCESS_ID' in os.environ:
+    kwargs['process_id'] = int(os.environ['JAX_PROCESS_ID'])
+  jax.distributed.initialize(**kwargs)
+
+
+def _main_or_exit(main):
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except errors.UserError as e:
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      sys.exit(2)
+  return wrapped
+
+
+class _DropLibraryChatter(std_logging.Filter):
+  """Drops INFO records of orbax, whose per-save details drown the log."""
+
+  def filter(self, record):
+    return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
+
+
+def run(main) -> None:
+  """`absl.app.run(main)` with UserError reported as one sentence."""
+  logging.get_absl_handler().addFilter(_DropLibraryChatter())
+  app.run(_main_or_exit(main))

@@ -1,0 +1,41 @@
+"""Every annealed quantity as a pure function of the step.
+
+Nothing here keeps state: the train step evaluates these inside jit from
+`state.step`, so a resumed run sees exactly the values an uninterrupted run
+would. (The albedo-only warm-up lives with the shading mix in shading.py.)
+"""
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+
+def learning_rate(optim_config: ml_collections.ConfigDict,
+                  num_steps: int) -> optax.Schedule:
+  """Linear warm-up from init_learning_rate, then cosine to the final rate.
+
+  The paper warms up from 1e-9 to 1e-4 over 3000 steps and decays to 1e-6
+  (appendix A.2).
+  """
+  c = optim_config
+  warmup = min(c.warmup_steps, max(num_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=c.init_learning_rate, peak_value=c.learning_rate,
+      warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1),
+      end_value=c.final_learning_rate)
+
+
+def orientation_weight(step, loss_config: ml_collections.ConfigDict,
+                       num_steps: int):
+  """Orientation-loss weight, ramped geometrically from start to end.
+
+  The paper anneals it from 1e-4 to 1e-2 over the first third of training;
+  a geometric ramp spends equal time in each decade.
+  """
+  c = loss_config
+  ramp = max(c.orientation_ramp_fraction * num_steps, 1.0)
+  frac = jnp.clip(step / ramp, 0.0, 1.0)
+  start = jnp.log(jnp.maximum(c.orientation_weight_start, 1e-30))
+  end = jnp.log(jnp.maximum(c.orientation_weight_end, 1e-30))
+  weight = jnp.exp(start + frac * (end - start))
+  return jnp.where(c.orientation_weight_end > 0, weight, 0.0)
