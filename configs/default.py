@@ -81,16 +81,17 @@ def get_config() -> ml_collections.ConfigDict:
   guidance.revision = ''  # Hub revision/branch ('' = default; 'flax' exists for CompVis).
   guidance.dtype = 'auto'  # 'auto' (bf16 on accelerators, f32 on CPU), 'float32', 'bfloat16'.
   guidance.allow_pickle = False  # Permit loading pickled PyTorch .bin weights.
-  guidance.scale = 100.0  # CFG scale w: eps_u + w (eps_c - eps_u).
+  guidance.scale = 100.0  # CFG: eps_u + scale (eps_c - eps_u); paper's omega = scale - 1.
   guidance.t_min = 0.02  # Lowest diffusion time, fraction of the schedule.
   guidance.t_max = 0.98  # Highest diffusion time, fraction of the schedule.
-  guidance.weighting = 'sigma2'  # w(t): 'sigma2' (paper), 'uniform', 'snr_sqrt'.
+  guidance.weighting = 'sigma2'  # w(t): 'sigma2' (paper), 'uniform', 'snr_sqrt' (alpha_t sigma_t).
   guidance.view_prompts = True  # Append ', front view' etc. to the prompt.
 
   # The offline toy world (guidance.model = 'toy').
   config.toy = toy = ml_collections.ConfigDict()
   toy.images_per_view = 100  # Prior images per (prompt, view) group.
   toy.background_color = (1.0, 1.0, 1.0)  # Background of the prior images.
+  toy.supersample = 2  # s x s sub-pixel rays per prior-image pixel (AA).
   toy.num_timesteps = 1000  # Discrete diffusion steps of the toy schedule.
   toy.beta_start = 0.00085  # Scaled-linear schedule, as Stable Diffusion's.
   toy.beta_end = 0.012  # Scaled-linear schedule end.

@@ -1,0 +1,220 @@
+"""Scores of a generated 3D object against the toy world's ground truth.
+
+The generated object is seen only through two callables supplied by the
+caller (e.g. the trained NeRF's field):
+
+  density_fn(points [N, 3]) -> [N] density,
+  albedo_fn(points [N, 3]) -> [N, 3] albedo in [0, 1].
+
+Metrics:
+
+  iou           volumetric IoU of {density > threshold} and the true solid
+                {sdf < 0} on the cell centres of a regular grid over
+                [-bound, bound]^3.
+  albedo_error  mean absolute albedo error (over points and channels) on the
+                true surface.
+  janus_check   for the snowman: does the generated object have a nose on
+                the front (+x), and one on the back (-x)? The right answer is
+                front only; a nose on both sides is the Janus problem.
+
+The results depend on the density threshold (the surface of a NeRF is soft):
+DESIGN.md section 7 found density > 5 a good surface level for the toy
+configuration.
+"""
+
+import functools
+from typing import Callable, Dict
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dreamfusion_jax.toy import objects
+from dreamfusion_jax.toy import raytrace
+
+DensityFn = Callable[[jax.Array], jax.Array]
+AlbedoFn = Callable[[jax.Array], jax.Array]
+
+_CHUNK = 65536
+
+
+@jax.jit
+def _true_sdf(index, points):
+  return objects.sdf(index, points)
+
+
+_snowman_parts = jax.jit(objects.snowman_parts)
+
+
+@jax.jit
+def _project_to_surface(index, points):
+  """Four steps x <- x - f(x) n(x); returns the points and their f."""
+  for _ in range(4):
+    points = points - (objects.sdf(index, points)[:, None]
+                       * raytrace.normals(index, points))
+  return points, objects.sdf(index, points)
+
+
+def _apply(fn, points, chunk=_CHUNK) -> np.ndarray:
+  """fn over [N, 3] points in chunks of rows; outputs concatenated (numpy)."""
+  outs = [np.asarray(fn(jnp.asarray(points[i:i + chunk])))
+          for i in range(0, points.shape[0], chunk)]
+  return np.concatenate(outs)
+
+
+def grid_points(resolution: int = 64, bound: float = 1.0) -> np.ndarray:
+  """Cell centres of a resolution^3 grid over [-bound, bound]^3: [R^3, 3]."""
+  c = (np.arange(resolution, dtype=np.float32) + 0.5) * (
+      2.0 * bound / resolution) - bound
+  return np.stack(np.meshgrid(c, c, c, indexing='ij'), -1).reshape(-1, 3)
+
+
+def iou(name: str, density_fn: DensityFn, threshold: float,
+        resolution: int = 64, bound: float = 1.0) -> float:
+  """Volumetric IoU of generated occupancy and the true solid.
+
+  |A n B| / |A u B| with A = {x : density_fn(x) > threshold} and
+  B = {x : sdf(x) < 0}, counted on the resolution^3 cell centres of
+  [-bound, bound]^3.
+
+  Args:
+    name: the toy prompt whose object is the ground truth.
+    density_fn: points [N, 3] -> [N] density.
+    threshold: density above which a point counts as occupied.
+    resolution: grid cells per axis.
+    bound: half-width of the grid's cube.
+
+  Returns:
+    IoU in [0, 1].
+  """
+  index = objects.prompt_index(name)
+  points = grid_points(resolution, bound)
+  generated = _apply(density_fn, points) > threshold
+  truth = _apply(functools.partial(_true_sdf, index), points) < 0.0
+  union = np.sum(generated | truth)
+  return float(np.sum(generated & truth) / max(union, 1))
+
+
+def surface_points(name: str, num_points: int, key=None) -> np.ndarray:
+  """Points on the true surface of object `name`: [num_points, 3].
+
+  Uniform points in the bounding cube are projected onto the surface,
+  x <- x - f(x) grad f(x) (exact for an exact SDF where its gradient is
+  defined), four times; points that do not land on the surface (|f| >= 1e-4,
+  e.g. on the medial axis or inside the snowman's overlap) are dropped. The
+  result is spread over the whole surface, though not exactly uniformly in
+  area (convex regions gather more points).
+
+  Args:
+    name: a toy prompt.
+    num_points: points returned.
+    key: PRNG key; None means a fixed key (deterministic).
+  """
+  index = objects.prompt_index(name)
+  key = jax.random.key(0) if key is None else key
+  b = raytrace.BOUND_RADIUS
+  found, total = [], 0
+  for i in range(16):
+    p = jax.random.uniform(jax.random.fold_in(key, i), (4 * num_points, 3),
+                           minval=-b, maxval=b)
+    p, f = _project_to_surface(index, p)
+    p = np.asarray(p)[np.abs(np.asarray(f)) < 1e-4]
+    found.append(p)
+    total += p.shape[0]
+    if total >= num_points:
+      break
+  return np.concatenate(found)[:num_points]
+
+
+def albedo_error(name: str, albedo_fn: AlbedoFn, num_points: int = 4096,
+                 key=None) -> float:
+  """Mean |albedo_fn(x) - albedo(x)| over true-surface points and channels.
+
+  Args:
+    name: the toy prompt whose object is the ground truth.
+    albedo_fn: points [N, 3] -> [N, 3] albedo in [0, 1].
+    num_points: surface points (see surface_points).
+    key: PRNG key for the points; None means a fixed key.
+
+  Returns:
+    The mean absolute error, in [0, 1].
+  """
+  points = surface_points(name, num_points, key)
+  generated = _apply(albedo_fn, points)
+  truth = np.asarray(objects.albedo(name, points))
+  return float(np.mean(np.abs(generated - truth)))
+
+
+def _nose_box(resolution: int, side: float) -> np.ndarray:
+  """Cell centres of the box around the snowman's nose, mirrored by `side`.
+
+  The box spans x in [0.20, 0.44] (from just inside the head's surface to past
+  the tip at 0.42), y in [-0.08, 0.08], z in [0.22, 0.38] around the nose's
+  axis; side = -1 mirrors it to the back (x -> -x). Grid: (3 n/2, n, n).
+  """
+  nx = 3 * resolution // 2
+  x0, x1 = 0.20, objects.NOSE_BASE[0] + objects.NOSE_LENGTH + 0.02
+  half = objects.NOSE_RADIUS + 0.02
+  xs = x0 + (np.arange(nx) + 0.5) * (x1 - x0) / nx
+  ys = -half + (np.arange(resolution) + 0.5) * 2.0 * half / resolution
+  zs = objects.HEAD_CENTER[2] + ys
+  grid = np.stack(np.meshgrid(side * xs, ys, zs, indexing='ij'), -1)
+  return grid.reshape(-1, 3).astype(np.float32)
+
+
+def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
+                resolution: int = 16,
+                orange_share: float = 0.5) -> Dict[str, object]:
+  """Whether a generated snowman has its nose on the front and/or the back.
+
+  For each side (front: the true nose's box around x = +0.32, y = 0,
+  z = 0.3; back: its mirror image at -x), on a grid over the box:
+
+  * occupancy: the share of the grid points outside the true head (head SDF
+    > 0.02) where density > threshold. The true nose fills `gt_occupancy`
+    of them. A lump there is extra occupancy.
+  * orange: the share of the occupied grid points (head included, so a nose
+    painted onto the head counts) whose albedo is nearer (L1) to the nose's
+    orange than to the body's white; 0 when under 1% of the box is occupied.
+
+  A side has a nose when occupancy >= gt_occupancy / 2, or orange >=
+  `orange_share`. A correct snowman gives front=True, back=False; the Janus
+  problem gives back=True.
+
+  Args:
+    density_fn: points [N, 3] -> [N] density.
+    albedo_fn: points [N, 3] -> [N, 3] albedo in [0, 1].
+    threshold: density above which a point counts as occupied.
+    resolution: grid points across the box's y and z (1.5x along x).
+    orange_share: share of orange occupied points that makes a nose.
+
+  Returns:
+    dict(front=bool, back=bool, front_occupancy, back_occupancy,
+    front_orange, back_orange, gt_occupancy) (the last five floats).
+  """
+  result = {}
+  orange = np.asarray(objects.ORANGE, np.float32)
+  white = np.asarray(objects.WHITE, np.float32)
+  for side, label in ((1.0, 'front'), (-1.0, 'back')):
+    points = _nose_box(resolution, side)
+    _, head, nose = _snowman_parts(points)
+    outside_head = np.asarray(head) > 0.02
+    occupied = _apply(density_fn, points) > threshold
+    occupancy = float(np.mean(occupied[outside_head]))
+    if side > 0:
+      gt_occupancy = float(np.mean(np.asarray(nose)[outside_head] < 0.0))
+    if np.mean(occupied) >= 0.01:
+      albedo = _apply(albedo_fn, points[occupied])
+      is_orange = (np.abs(albedo - orange).sum(-1)
+                   < np.abs(albedo - white).sum(-1))
+      orange_fraction = float(np.mean(is_orange))
+    else:
+      orange_fraction = 0.0
+    result[label + '_occupancy'] = occupancy
+    result[label + '_orange'] = orange_fraction
+  result['gt_occupancy'] = gt_occupancy
+  for label in ('front', 'back'):
+    result[label] = bool(
+        result[label + '_occupancy'] >= 0.5 * gt_occupancy
+        or result[label + '_orange'] >= orange_share)
+  return result

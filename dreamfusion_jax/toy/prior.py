@@ -1,0 +1,330 @@
+"""The toy world's diffusion prior: the exact denoiser of a finite image set.
+
+The "pretrained model" is a set of images {x_i} (renders of the toy objects by
+`toy.raytrace`), each in one group g(i) = (prompt, view). For data drawn
+uniformly from a weighted subset of the set, the forward process
+z_t = a_t x_0 + s_t eps (a_t = sqrt(abar_t), s_t = sqrt(1 - abar_t)) has the
+exact posterior mean
+
+  E[x_0 | z_t] = sum_i p_i x_i,
+  p_i = softmax_i(-|z_t - a_t x_i|^2 / (2 s_t^2) + log w_g(i)),
+
+and the optimal noise prediction eps_hat = (z_t - a_t E[x_0 | z_t]) / s_t
+(DESIGN.md section 7). The "text embedding" is the weight vector w over the
+G = len(PROMPTS) * len(VIEWS) groups: one-hot for a prompt's view, ones on a
+prompt's four groups without view prompts, all ones for the unconditional
+model (the union of all prompts). Weight 0 excludes a group (logit -inf).
+
+The image set is rendered at start-up from a fixed key, independent of
+config.seed: like a pretrained model, it is the same for every run. Cameras
+come from the training distribution (cameras.sample_cameras with
+config.camera); each drawn camera falls in the view bin prior.view_index of
+its azimuth and elevation, and the first images_per_view cameras of each bin
+are kept (rejection sampling, so each group follows the training
+distribution conditioned on its view). Shading follows the paper's mix after
+the warm-up (shading.sample at step albedo_steps): lit with probability
+shading.lit_prob, of those textureless with shading.textureless_prob, else
+albedo only.
+"""
+
+import logging
+import time
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from dreamfusion_jax import cameras as cameras_lib
+from dreamfusion_jax import errors
+from dreamfusion_jax import shading as shading_lib
+from dreamfusion_jax.guidance import prior as prior_lib
+from dreamfusion_jax.toy import objects
+from dreamfusion_jax.toy import raytrace
+
+NUM_VIEWS = len(prior_lib.VIEWS)
+NUM_GROUPS = len(objects.PROMPTS) * NUM_VIEWS
+# The image set's key: a constant, so the prior does not change with
+# config.seed.
+_IMAGE_SET_SEED = 2022
+# Cameras rendered per jitted call (the last chunk is padded).
+_CHUNK = 100
+# Camera draws per round of rejection sampling, in units of images_per_view,
+# and the rounds tried before giving up on a view the ranges never produce.
+_DRAWS_PER_ROUND = 16
+_MAX_ROUNDS = 8
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+
+def alphas_cumprod(num_timesteps: int, beta_start: float,
+                   beta_end: float) -> np.ndarray:
+  """Stable Diffusion's scaled-linear schedule.
+
+  betas = linspace(sqrt(beta_start), sqrt(beta_end), T)^2 and
+  abar_t = prod_{s <= t} (1 - beta_s).
+
+  Returns:
+    [T] float32 abar_t, decreasing from 1 - beta_start.
+  """
+  betas = np.linspace(np.sqrt(beta_start), np.sqrt(beta_end), num_timesteps,
+                      dtype=np.float64)**2
+  return np.cumprod(1.0 - betas).astype(np.float32)
+
+
+def group_index(prompt: int, view: int) -> int:
+  """Group of (prompt index, view index): prompt-major, then VIEWS order."""
+  return prompt * NUM_VIEWS + view
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError for a config the toy prior cannot serve."""
+  objects.check_prompt(config.prompt)
+  if config.negative_prompt and config.negative_prompt not in objects.PROMPTS:
+    known = ', '.join(repr(p) for p in objects.PROMPTS)
+    raise errors.UserError(
+        f'negative_prompt {config.negative_prompt!r} is not a toy-world '
+        f'prompt; set --config.negative_prompt to "" or one of {known}.')
+  t = config.toy
+  if t.images_per_view < 1 or t.supersample < 1 or t.num_timesteps < 2:
+    raise errors.UserError(
+        'toy.images_per_view and toy.supersample must be >= 1 and '
+        f'toy.num_timesteps >= 2; got {t.images_per_view}, {t.supersample} '
+        f'and {t.num_timesteps}.')
+  if not 0.0 < t.beta_start < t.beta_end < 1.0:
+    raise errors.UserError(
+        f'toy.beta_start = {t.beta_start} and toy.beta_end = {t.beta_end} '
+        'must satisfy 0 < beta_start < beta_end < 1.')
+  if len(t.background_color) != 3 or not all(
+      0.0 <= c <= 1.0 for c in t.background_color):
+    raise errors.UserError(
+        f'toy.background_color = {tuple(t.background_color)} is not an RGB '
+        'triple in [0, 1].')
+
+
+_sample_cameras = jax.jit(cameras_lib.sample_cameras, static_argnums=(1, 2))
+_view_index = jax.jit(prior_lib.view_index)
+
+
+def sample_view_cameras(key, camera_config: ml_collections.ConfigDict,
+                        per_view: int) -> Tuple[cameras_lib.Cameras,
+                                                np.ndarray]:
+  """Training-distribution cameras, `per_view` in each view bin.
+
+  Draws rounds of cameras with cameras.sample_cameras and keeps, for each
+  view v, the first `per_view` cameras with view_index(azimuth, elevation) =
+  v. Deterministic given `key`.
+
+  Args:
+    key: PRNG key.
+    camera_config: the `camera` group of the config.
+    per_view: cameras kept per view.
+
+  Returns:
+    Cameras with leading shape [len(VIEWS) * per_view], view-major, and the
+    [len(VIEWS) * per_view] int32 view of each.
+
+  Raises:
+    UserError: when the camera ranges (almost) never produce some view.
+  """
+  draws = _DRAWS_PER_ROUND * per_view
+  frozen = ml_collections.FrozenConfigDict(camera_config)
+  rounds, kept = [], [[] for _ in range(NUM_VIEWS)]
+  for r in range(_MAX_ROUNDS):
+    cams = _sample_cameras(jax.random.fold_in(key, r), frozen, draws)
+    views = np.asarray(_view_index(cams.azimuth, cams.elevation))
+    rounds.append(cams)
+    for v in range(NUM_VIEWS):
+      need = per_view - len(kept[v])
+      kept[v].extend((r * draws + np.flatnonzero(views == v)[:need]).tolist())
+    if all(len(k) == per_view for k in kept):
+      break
+  else:
+    short = [prior_lib.VIEWS[v] for v in range(NUM_VIEWS)
+             if len(kept[v]) < per_view]
+    raise errors.UserError(
+        f'the camera ranges (camera.elevation_range = '
+        f'{tuple(camera_config.elevation_range)}, camera.azimuth_range = '
+        f'{tuple(camera_config.azimuth_range)}) rarely or never give '
+        f'{" or ".join(short)} views, which the toy prior needs '
+        f'{per_view} images of; widen the ranges or lower '
+        'toy.images_per_view.')
+  index = np.concatenate([np.asarray(k, np.int32) for k in kept])
+  all_cams = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rounds)
+  selected = jax.tree.map(lambda x: x[index], all_cams)
+  views = np.repeat(np.arange(NUM_VIEWS, dtype=np.int32), per_view)
+  return selected, views
+
+
+def render_image_set(config: ml_collections.ConfigDict
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+  """Renders the prior's image set.
+
+  Args:
+    config: the full config (reads camera, shading, render.resolution, toy).
+
+  Returns:
+    images [N, H, W, 3] float32 in [0, 1], N = len(PROMPTS) * len(VIEWS) *
+    toy.images_per_view, H = W = render.resolution, grouped prompt-major then
+    view; groups [N] int32, the group_index of each image.
+  """
+  per_view = config.toy.images_per_view
+  num = NUM_VIEWS * per_view
+  base_key = jax.random.key(_IMAGE_SET_SEED)
+  images, groups = [], []
+  for p in range(len(objects.PROMPTS)):
+    k_cam, k_shade = jax.random.split(jax.random.fold_in(base_key, p))
+    cams, views = sample_view_cameras(k_cam, config.camera, per_view)
+    shade = shading_lib.sample(k_shade, config.shading.albedo_steps,
+                               config.shading, num)
+    chunk = min(_CHUNK, num)
+    for start in range(0, num, chunk):
+      # Pad the last chunk (by wrapping around) so one compilation serves all.
+      index = (start + np.arange(chunk)) % num
+      rgb, _ = raytrace.render(
+          p, jax.tree.map(lambda x: x[index], cams),
+          config.render.resolution, jax.tree.map(lambda x: x[index], shade),
+          config.toy.background_color, config.toy.supersample)
+      images.append(np.asarray(rgb)[:min(chunk, num - start)])
+    groups.append(group_index(p, views))
+  return np.concatenate(images), np.concatenate(groups).astype(np.int32)
+
+
+def prompt_weights(prompt: str) -> np.ndarray:
+  """[G] weights: ones on the four view groups of `prompt`, zeros elsewhere."""
+  w = np.zeros(NUM_GROUPS, np.float32)
+  p = objects.prompt_index(prompt)
+  w[group_index(p, 0):group_index(p + 1, 0)] = 1.0
+  return w
+
+
+def embeddings(config: ml_collections.ConfigDict
+               ) -> Tuple[np.ndarray, np.ndarray]:
+  """The toy prior's text embeddings: group weight vectors.
+
+  Returns:
+    view_embeddings [len(VIEWS), G]: row v is one-hot on (config.prompt, v),
+    or ones on all of the prompt's views when guidance.view_prompts is False;
+    uncond_embedding [G]: all ones (the union of all prompts), or the
+    negative prompt's four groups when config.negative_prompt is set.
+  """
+  validate(config)
+  p = objects.prompt_index(config.prompt)
+  if config.guidance.view_prompts:
+    view_emb = np.zeros((NUM_VIEWS, NUM_GROUPS), np.float32)
+    view_emb[np.arange(NUM_VIEWS), group_index(p, np.arange(NUM_VIEWS))] = 1.0
+  else:
+    view_emb = np.tile(prompt_weights(config.prompt), (NUM_VIEWS, 1))
+  if config.negative_prompt:
+    uncond = prompt_weights(config.negative_prompt)
+  else:
+    uncond = np.ones(NUM_GROUPS, np.float32)
+  return view_emb, uncond
+
+
+def posterior_logits(params, z_t, t, embedding):
+  """log p_i + const: the posterior over the set's images given z_t.
+
+  logit_i = (2 a_t z.x_i - a_t^2 |x_i|^2) / (2 s_t^2) + log w_g(i), which is
+  -|z_t - a_t x_i|^2 / (2 s_t^2) + log w_g(i) up to the term |z_t|^2, the
+  same for every i (dropped: softmax ignores it, and without it no large
+  terms cancel). -inf where w_g(i) = 0.
+
+  Args:
+    params: {'images': [N, H, W, 3] in [-1, 1], 'groups': [N] int32,
+      'alphas_cumprod': [T]}.
+    z_t: [B, H, W, 3] noisy images.
+    t: [B] int32 timesteps.
+    embedding: [B, G] group weights (each row with a positive entry).
+
+  Returns:
+    [B, N] float32 logits.
+  """
+  x = params['images']
+  x_flat = x.reshape(x.shape[0], -1)  # [N, D]
+  z = z_t.reshape(z_t.shape[0], -1).astype(jnp.float32)  # [B, D]
+  abar = params['alphas_cumprod'][jnp.clip(t, 0, params['alphas_cumprod']
+                                           .shape[0] - 1)]
+  a = jnp.sqrt(abar)[:, None]
+  s2 = (1.0 - abar)[:, None]
+  zx = jnp.matmul(z, x_flat.T, precision=_HIGHEST)  # [B, N]
+  xx = jnp.sum(x_flat * x_flat, axis=-1)  # [N]
+  logits = (2.0 * a * zx - a * a * xx) / (2.0 * s2)
+  w = jnp.asarray(embedding, jnp.float32)[:, params['groups']]  # [B, N]
+  return jnp.where(w > 0, logits + jnp.log(jnp.where(w > 0, w, 1.0)),
+                   -jnp.inf)
+
+
+def posterior_mean(params, z_t, t, embedding):
+  """E[x_0 | z_t] = sum_i p_i x_i: [B, H, W, 3] (args as posterior_logits)."""
+  p = jax.nn.softmax(posterior_logits(params, z_t, t, embedding), axis=-1)
+  x = params['images']
+  x0 = jnp.matmul(p, x.reshape(x.shape[0], -1), precision=_HIGHEST)
+  return x0.reshape(z_t.shape)
+
+
+def predict_noise(params, z_t, t, embedding):
+  """eps_hat = (z_t - a_t E[x_0 | z_t]) / s_t: the exact optimal denoiser.
+
+  Args:
+    params: as in posterior_logits.
+    z_t: [B, H, W, 3] noisy images.
+    t: [B] int32 timesteps.
+    embedding: [B, G] group weights.
+
+  Returns:
+    [B, H, W, 3] float32 noise prediction.
+  """
+  abar = params['alphas_cumprod'][jnp.clip(t, 0, params['alphas_cumprod']
+                                           .shape[0] - 1)]
+  a = jnp.sqrt(abar)[:, None, None, None]
+  s = jnp.sqrt(1.0 - abar)[:, None, None, None]
+  x0 = posterior_mean(params, z_t, t, embedding)
+  return ((z_t.astype(jnp.float32) - a * x0) / s).astype(jnp.float32)
+
+
+def encode(params, images):
+  """Renders [B, h, w, 3] in [0, 1] -> [B, H, W, 3] in [-1, 1] (x -> 2x - 1).
+
+  Resized (bilinearly, antialiased) to the image set's H x W when h x w
+  differs.
+  """
+  _, height, width, _ = params['images'].shape
+  if images.shape[1:3] != (height, width):
+    images = jax.image.resize(
+        images, (images.shape[0], height, width, images.shape[3]), 'linear')
+  return 2.0 * images - 1.0
+
+
+def make_toy_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
+  """Builds the toy prior: renders its image set (seconds) and embeddings.
+
+  Args:
+    config: the full config; reads prompt, negative_prompt,
+      guidance.view_prompts, camera, shading, render.resolution and toy.
+
+  Returns:
+    A prior.Prior whose params are {'images': [N, H, W, 3] in [-1, 1],
+    'groups': [N] int32, 'alphas_cumprod': [T]} and whose embeddings are
+    [G] group-weight vectors.
+  """
+  validate(config)
+  start = time.time()
+  images, groups = render_image_set(config)
+  logging.info('Toy prior: %d images of %dx%d rendered in %.1f s.',
+               images.shape[0], images.shape[1], images.shape[2],
+               time.time() - start)
+  view_emb, uncond = embeddings(config)
+  schedule = jnp.asarray(alphas_cumprod(config.toy.num_timesteps,
+                                        config.toy.beta_start,
+                                        config.toy.beta_end))
+  params = {
+      'images': jnp.asarray(2.0 * images - 1.0, jnp.float32),
+      'groups': jnp.asarray(groups),
+      'alphas_cumprod': schedule,
+  }
+  return prior_lib.Prior(
+      params=params, view_embeddings=jnp.asarray(view_emb),
+      uncond_embedding=jnp.asarray(uncond), alphas_cumprod=schedule,
+      encode=encode, predict_noise=predict_noise)

@@ -1,0 +1,474 @@
+"""The toy world: object SDFs, the analytic renderer, the exact prior, metrics.
+
+Run: python -m pytest -q tests/test_toy.py
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from dreamfusion_jax import cameras
+from dreamfusion_jax import errors
+from dreamfusion_jax import shading
+from dreamfusion_jax.guidance import prior as prior_lib
+from dreamfusion_jax.toy import metrics
+from dreamfusion_jax.toy import objects
+from dreamfusion_jax.toy import prior as toy_prior
+from dreamfusion_jax.toy import raytrace
+
+# Points (inside, outside) of each object, chosen near its boundary.
+_INSIDE_OUTSIDE = {
+    'a red cube': (
+        [[0.0, 0.0, 0.0], [0.39, 0.39, 0.39], [-0.39, 0.0, 0.2]],
+        [[0.41, 0.0, 0.0], [0.3, 0.3, 0.41], [0.0, -0.41, -0.39]]),
+    'a blue sphere': (
+        [[0.49, 0.0, 0.0], [0.0, 0.0, -0.49], [0.28, 0.28, 0.28]],
+        [[0.51, 0.0, 0.0], [0.0, 0.0, 0.51], [0.3, 0.3, 0.3]]),
+    'a green cone': (
+        # Radius at height z is 0.45 (0.45 - z) / 0.9.
+        [[0.0, 0.0, 0.44], [0.44, 0.0, -0.44], [0.0, 0.2, 0.0]],
+        [[0.0, 0.0, 0.46], [0.0, 0.0, -0.46], [0.24, 0.0, 0.0],
+         [0.3, 0.0, 0.2]]),
+    'a yellow torus': (
+        [[0.45, 0.0, 0.0], [0.0, -0.59, 0.0], [0.31, 0.0, 0.0],
+         [0.45, 0.0, 0.14]],
+        [[0.0, 0.0, 0.0], [0.29, 0.0, 0.0], [0.61, 0.0, 0.0],
+         [0.45, 0.0, 0.16]]),
+    'a snowman': (
+        # Body, head, and the nose up to near its tip (0.42, 0, 0.3).
+        [[0.0, 0.0, -0.2], [0.0, 0.0, -0.54], [0.0, 0.0, 0.51],
+         [0.3, 0.0, 0.3], [0.4, 0.0, 0.3], [0.23, 0.05, 0.3]],
+        # Past the tip, beside the nose, and the tip's mirror image at -x.
+        [[0.43, 0.0, 0.3], [0.35, 0.05, 0.3], [0.3, 0.0, 0.37],
+         [-0.4, 0.0, 0.3], [-0.3, 0.0, 0.3], [0.0, 0.0, 0.53]]),
+}
+
+
+def _toy_config(resolution=32, images_per_view=8, supersample=1):
+  config = default.get_config()
+  config.guidance.model = 'toy'
+  config.prompt = 'a snowman'
+  config.render.resolution = resolution
+  config.toy.images_per_view = images_per_view
+  config.toy.supersample = supersample
+  return config
+
+
+@pytest.fixture(scope='module')
+def toy():
+  """A small toy prior (160 images of 32 x 32) and its config."""
+  config = _toy_config()
+  return config, toy_prior.make_toy_prior(config)
+
+
+# Objects.
+
+
+@pytest.mark.parametrize('name', objects.PROMPTS)
+def test_sdf_sign_inside_and_outside(name):
+  inside, outside = _INSIDE_OUTSIDE[name]
+  assert np.all(np.asarray(objects.sdf(name, jnp.array(inside))) < 0)
+  assert np.all(np.asarray(objects.sdf(name, jnp.array(outside))) > 0)
+
+
+def test_sdf_exact_distances():
+  cases = [('a red cube', [0.6, 0.0, 0.0], 0.2),
+           ('a red cube', [0.5, 0.5, 0.5], 0.1 * np.sqrt(3.0)),
+           ('a red cube', [0.0, 0.0, 0.0], -0.4),
+           ('a blue sphere', [0.0, 0.8, 0.0], 0.3),
+           ('a green cone', [0.0, 0.0, -0.6], 0.15),
+           ('a green cone', [0.0, 0.0, 0.6], 0.15),
+           # Nearest point on the slanted side: distance (r + z/2 - 0.225)
+           # / sqrt(1.25) from the line r = 0.225 - z / 2.
+           ('a green cone', [0.4, 0.0, 0.0], 0.175 / np.sqrt(1.25)),
+           ('a yellow torus', [0.0, 0.0, 0.0], 0.3),
+           ('a yellow torus', [0.45, 0.0, 0.5], 0.35),
+           ('a snowman', [0.5, 0.0, 0.3], 0.08),
+           ('a snowman', [0.0, 0.0, 0.7], 0.18)]
+  for name, point, want in cases:
+    got = float(objects.sdf(name, jnp.array(point)))
+    assert got == pytest.approx(want, abs=1e-5), (name, point)
+
+
+@pytest.mark.parametrize('name', objects.PROMPTS)
+def test_sdf_is_one_lipschitz_and_eikonal(name):
+  # Sphere tracing is only safe for a 1-Lipschitz f; an exact SDF also has
+  # |grad f| = 1 away from its medial axis.
+  key_p, key_q = jax.random.split(jax.random.key(0))
+  p = jax.random.uniform(key_p, (4000, 3), minval=-0.9, maxval=0.9)
+  q = p + 0.05 * jax.random.normal(key_q, p.shape)
+
+  @jax.jit
+  def check(p, q):
+    f = lambda x: objects.sdf(name, x)
+    grad = jax.vmap(jax.grad(f))(p)
+    return (jnp.abs(f(p) - f(q)), jnp.linalg.norm(p - q, axis=-1), f(p),
+            jnp.linalg.norm(grad, axis=-1))
+
+  lhs, rhs, f_p, norm = (np.asarray(a) for a in check(p, q))
+  assert np.all(lhs <= rhs + 1e-5)
+  assert np.allclose(norm[f_p > 0.01], 1.0, atol=1e-3)
+
+
+def test_traced_object_index_matches_prompt():
+  p = jax.random.uniform(jax.random.key(1), (500, 3), minval=-0.8, maxval=0.8)
+  for i, name in enumerate(objects.PROMPTS):
+    by_index = jax.jit(objects.sdf)(jnp.int32(i), p)
+    np.testing.assert_allclose(by_index, objects.sdf(name, p), atol=1e-6)
+    np.testing.assert_array_equal(jax.jit(objects.albedo)(jnp.int32(i), p),
+                                  objects.albedo(name, p))
+
+
+def test_snowman_albedo_nose_orange_body_white():
+  got = np.asarray(objects.albedo('a snowman', jnp.array(
+      [[0.35, 0.0, 0.3], [0.0, 0.0, 0.52], [-0.22, 0.0, 0.3],
+       [0.0, 0.35, -0.2]])))
+  np.testing.assert_allclose(got[0], objects.ORANGE)
+  np.testing.assert_allclose(got[1:], [objects.WHITE] * 3)
+
+
+def test_unknown_prompt_is_a_user_error_listing_prompts():
+  with pytest.raises(errors.UserError, match='a snowman'):
+    objects.sdf('a purple teapot', jnp.zeros((1, 3)))
+
+
+# The analytic renderer.
+
+
+# Every render below uses 4 cameras at 32 x 32 (and supersample 1 unless
+# testing it): one compilation serves them all.
+_RES = 32
+
+
+def _four_cameras(azimuth, elevation, distance, focal):
+  return cameras.fixed_cameras(*(np.broadcast_to(np.asarray(v, np.float32),
+                                                 (4,))
+                                 for v in (azimuth, elevation, distance,
+                                           focal)))
+
+
+def test_sphere_silhouette_is_the_projected_disc():
+  # A sphere of radius r seen from distance d subtends a cone of half-angle
+  # asin(r / d): its image is a disc of radius f W tan(asin(r / d)) pixels
+  # around the image centre.
+  d, f, r = 1.3, 0.9, 0.5
+  cams = _four_cameras([30.0, 200.0, 90.0, 300.0], [20.0, -5.0, 0.0, 60.0],
+                       d, f)
+  _, mask = raytrace.render('a blue sphere', cams, _RES,
+                            shading.albedo_only((4,)))
+  radius = f * _RES * np.tan(np.arcsin(r / d))
+  pix = np.arange(_RES) + 0.5 - _RES / 2.0
+  rho = np.hypot(pix[None, :], pix[:, None])
+  want = rho < radius
+  ring = np.abs(rho - radius) < 1.0
+  for m in np.asarray(mask):
+    assert set(np.unique(m)) <= {0.0, 1.0}
+    np.testing.assert_array_equal(m[~ring] > 0.5, want[~ring])
+
+
+def test_render_range_background_and_supersampling():
+  cams = _four_cameras([0.0, 45.0, 120.0, 250.0], [10.0, 30.0, -10.0, 80.0],
+                       1.3, 1.0)
+  args = ('a red cube', cams)
+  kwargs = dict(shading_params=shading.albedo_only((4,)),
+                background_color=(0.2, 0.4, 0.6))
+  rgb, mask = (np.asarray(a) for a in raytrace.render(*args, _RES, **kwargs))
+  assert rgb.shape == (4, _RES, _RES, 3) and mask.shape == (4, _RES, _RES)
+  assert rgb.dtype == np.float32 and 0.0 <= rgb.min() and rgb.max() <= 1.0
+  np.testing.assert_allclose(rgb[mask == 0], [[0.2, 0.4, 0.6]] * np.sum(
+      mask == 0), atol=1e-6)
+  np.testing.assert_allclose(rgb[mask == 1], [objects.RED] * np.sum(
+      mask == 1), atol=1e-6)
+  # Supersampling s = 2 is the 2 x 2 box filter of the render at twice the
+  # resolution.
+  small, small_mask = raytrace.render(*args, _RES // 2, supersample=2,
+                                      **kwargs)
+  box = rgb.reshape(4, _RES // 2, 2, _RES // 2, 2, 3).mean((2, 4))
+  np.testing.assert_allclose(small, box, atol=1e-5)
+  np.testing.assert_allclose(
+      small_mask, mask.reshape(4, _RES // 2, 2, _RES // 2, 2).mean((2, 4)))
+
+
+def test_lit_sphere_follows_lambert():
+  # Headlight on the camera, camera on the +x axis: the centre pixel sees the
+  # surface head-on, so n . l = 1 and the colour is albedo (ambient + diffuse);
+  # textureless replaces the albedo by white.
+  cams = _four_cameras(0.0, 0.0, 1.5, 1.0)
+  params = shading.lambertian((4,))
+  params = params.replace(textureless=jnp.array([0.0, 0.0, 1.0, 1.0]))
+  rgb, _ = raytrace.render('a blue sphere', cams, _RES, params)
+  centre = np.asarray(rgb)[:, 15:17, 15:17].mean((1, 2))
+  np.testing.assert_allclose(centre[:2], [objects.BLUE] * 2, atol=0.01)
+  np.testing.assert_allclose(centre[2:], 1.0, atol=0.01)
+
+
+def _orange_mask(rgb):
+  """[..., H, W, 3] -> [..., H, W]: pixels coloured like the nose, not grey."""
+  rgb = np.asarray(rgb)
+  return (rgb[..., 0] - rgb[..., 2] > 0.2) & (rgb[..., 1] < 0.8 * rgb[..., 0])
+
+
+def _orange_pixels(rgb):
+  """[..., H, W, 3] -> [...] count of nose-coloured pixels."""
+  return np.sum(_orange_mask(rgb), axis=(-2, -1))
+
+
+def test_snowman_nose_faces_plus_x():
+  # Azimuth 0 is +x (the front): the nose is seen; azimuth 180 hides it. From
+  # +y (azimuth 90) the camera's right is -x, so the nose is on the left.
+  cams = _four_cameras([0.0, 180.0, 90.0, 270.0], 10.0, 1.3, 1.0)
+  rgb, _ = raytrace.render('a snowman', cams, _RES, shading.albedo_only((4,)))
+  counts = _orange_pixels(rgb)
+  assert counts[0] >= 4 and counts[1] == 0
+  columns = [np.nonzero(_orange_mask(rgb[i]).any(0))[0] for i in (2, 3)]
+  assert columns[0].size and columns[0].max() < 16  # Left half.
+  assert columns[1].size and columns[1].min() >= 16  # Right half.
+
+
+# The toy prior.
+
+
+def test_schedule_is_scaled_linear():
+  abar = toy_prior.alphas_cumprod(1000, 0.00085, 0.012)
+  betas = 1.0 - abar[1:] / abar[:-1]
+  assert abar[0] == pytest.approx(1.0 - 0.00085, rel=1e-6)
+  assert betas[-1] == pytest.approx(0.012, rel=1e-3)
+  np.testing.assert_allclose(np.sqrt(betas), np.linspace(
+      np.sqrt(0.00085), np.sqrt(0.012), 1000)[1:], rtol=1e-3)
+
+
+def test_view_cameras_fall_in_their_bins():
+  config = default.get_config()
+  cams, views = toy_prior.sample_view_cameras(jax.random.key(3),
+                                              config.camera, 8)
+  np.testing.assert_array_equal(
+      prior_lib.view_index(cams.azimuth, cams.elevation), views)
+  np.testing.assert_array_equal(np.bincount(views), [8] * 4)
+
+
+def test_camera_ranges_without_a_view_are_a_user_error():
+  config = default.get_config()
+  config.camera.elevation_range = (-10.0, 45.0)  # Never overhead.
+  with pytest.raises(errors.UserError, match='overhead'):
+    toy_prior.sample_view_cameras(jax.random.key(0), config.camera, 2)
+
+
+def test_image_set_layout_and_determinism(toy):
+  config, prior = toy
+  images = np.asarray(prior.params['images'])
+  groups = np.asarray(prior.params['groups'])
+  n = len(objects.PROMPTS) * 4 * config.toy.images_per_view
+  assert images.shape == (n, 32, 32, 3) and images.dtype == np.float32
+  assert -1.0 <= images.min() and images.max() <= 1.0
+  np.testing.assert_array_equal(
+      np.bincount(groups), [config.toy.images_per_view] * 20)
+  again = toy_prior.make_toy_prior(config)
+  np.testing.assert_array_equal(again.params['images'], images)
+
+
+def test_prior_front_group_shows_the_nose_back_group_rarely(toy):
+  _, prior = toy
+  images = (np.asarray(prior.params['images']) + 1.0) / 2.0
+  groups = np.asarray(prior.params['groups'])
+  snowman = objects.prompt_index('a snowman')
+  front = _orange_pixels(images[groups == toy_prior.group_index(snowman, 0)])
+  back = _orange_pixels(images[groups == toy_prior.group_index(snowman, 2)])
+  # Textureless and unlit renders hide the colour, and the nose tip can peek
+  # past the head at |azimuth - 180| near 45 degrees.
+  assert front.sum() > 4 * max(back.sum(), 1)
+
+
+@jax.jit
+def _noisy(prior, x, t, key):
+  abar = prior.alphas_cumprod[t]
+  eps = jax.random.normal(key, x.shape)
+  a = jnp.sqrt(abar)[:, None, None, None]
+  s = jnp.sqrt(1.0 - abar)[:, None, None, None]
+  return a * x + s * eps, eps, a, s
+
+
+def test_small_noise_recovers_the_nearest_image(toy):
+  _, prior = toy
+  index = jnp.array([0, 37, 101, 159])
+  x = prior.params['images'][index]
+  t = jnp.zeros((4,), jnp.int32)
+  z, eps, a, s = _noisy(prior, x, t, jax.random.key(0))
+  emb = jnp.broadcast_to(prior.uncond_embedding, (4, 20))
+  eps_hat = jax.jit(prior.predict_noise)(prior.params, z, t, emb)
+  np.testing.assert_allclose((z - s * eps_hat) / a, x, atol=1e-4)
+  np.testing.assert_allclose(eps_hat, eps, atol=5e-3)
+
+
+def _reference_weights(prior, z, t, members):
+  """float64 softmax of -|z - a x_i|^2 / (2 s^2) over images `members`."""
+  x = np.asarray(prior.params['images'], np.float64).reshape(
+      prior.params['images'].shape[0], -1)
+  abar = float(prior.alphas_cumprod[t])
+  d2 = np.sum((np.asarray(z, np.float64).reshape(1, -1)
+               - np.sqrt(abar) * x)**2, axis=-1)
+  logits = np.where(members, -d2 / (2.0 * (1.0 - abar)), -np.inf)
+  w = np.exp(logits - logits.max())
+  return w / w.sum()
+
+
+@pytest.mark.parametrize('t', [50, 400, 999])
+def test_posterior_matches_reference_for_union_and_group(toy, t):
+  _, prior = toy
+  groups = np.asarray(prior.params['groups'])
+  x = prior.params['images'][jnp.array([5, 120])]
+  z, _, _, _ = _noisy(prior, x, jnp.full((2,), t), jax.random.key(t))
+  group = 4 * 3 + 1  # (a yellow torus, side)
+  one_hot = jax.nn.one_hot(group, 20)
+  emb = jnp.stack([prior.uncond_embedding, one_hot])
+  logits = jax.jit(toy_prior.posterior_logits)(
+      prior.params, z, jnp.full((2,), t, jnp.int32), emb)
+  p = np.asarray(jax.nn.softmax(logits, axis=-1))
+  np.testing.assert_allclose(
+      p[0], _reference_weights(prior, z[0], t, np.ones_like(groups, bool)),
+      atol=1e-4)
+  np.testing.assert_allclose(
+      p[1], _reference_weights(prior, z[1], t, groups == group), atol=1e-4)
+  assert np.all(p[1][groups != group] == 0.0)
+
+
+def test_one_hot_embedding_only_weighs_its_group(toy):
+  # z_t is a lightly noised image of the red cube; conditioned on the snowman
+  # (front) the posterior mean is a snowman image, unconditionally the cube.
+  _, prior = toy
+  groups = np.asarray(prior.params['groups'])
+  x = prior.params['images'][jnp.array([3, 3])]
+  t = jnp.full((2,), 20, jnp.int32)
+  z, _, _, _ = _noisy(prior, x, t, jax.random.key(1))
+  group = toy_prior.group_index(objects.prompt_index('a snowman'), 0)
+  emb = jnp.stack([prior.uncond_embedding, jax.nn.one_hot(group, 20)])
+  x0 = np.asarray(jax.jit(toy_prior.posterior_mean)(prior.params, z, t, emb))
+  images = np.asarray(prior.params['images'])
+  nearest = np.argmin(np.abs(images[None] - x0[:, None]).sum((2, 3, 4)), 1)
+  assert nearest[0] == 3 and groups[nearest[1]] == group
+  np.testing.assert_allclose(x0[1], images[nearest[1]], atol=1e-3)
+
+
+def test_predict_noise_finite_over_all_timesteps(toy):
+  _, prior = toy
+  t = jnp.array([0, 1, 500, 998, 999], jnp.int32)
+  z = jax.random.normal(jax.random.key(2), (5, 32, 32, 3)) * 3.0
+  emb = jnp.broadcast_to(prior.view_embeddings[2], (5, 20))
+  eps = jax.jit(prior.predict_noise)(prior.params, z, t, emb)
+  assert eps.dtype == jnp.float32 and eps.shape == z.shape
+  assert np.all(np.isfinite(np.asarray(eps)))
+
+
+def test_embeddings_views_negative_prompt_and_errors():
+  config = _toy_config()
+  view_emb, uncond = toy_prior.embeddings(config)
+  snowman = objects.prompt_index('a snowman')
+  np.testing.assert_array_equal(
+      np.argmax(view_emb, 1), [toy_prior.group_index(snowman, v)
+                               for v in range(4)])
+  np.testing.assert_array_equal(view_emb.sum(1), 1.0)
+  np.testing.assert_array_equal(uncond, 1.0)
+
+  config.guidance.view_prompts = False
+  config.negative_prompt = 'a red cube'
+  view_emb, uncond = toy_prior.embeddings(config)
+  want = np.zeros(20)
+  want[16:20] = 1.0
+  np.testing.assert_array_equal(view_emb, [want] * 4)
+  np.testing.assert_array_equal(np.nonzero(uncond)[0], [0, 1, 2, 3])
+
+  config.negative_prompt = 'blurry'
+  with pytest.raises(errors.UserError, match='negative_prompt'):
+    toy_prior.embeddings(config)
+  config.negative_prompt = ''
+  config.prompt = 'a DSLR photo of a hamburger'
+  with pytest.raises(errors.UserError, match='a blue sphere'):
+    toy_prior.embeddings(config)
+
+
+def test_encode_rescales_and_resizes(toy):
+  _, prior = toy
+  x = jnp.stack([jnp.zeros((64, 64, 3)), jnp.ones((64, 64, 3))])
+  y = prior.encode(prior.params, x)
+  assert y.shape == (2, 32, 32, 3)
+  np.testing.assert_allclose(y[0], -1.0, atol=1e-6)
+  np.testing.assert_allclose(y[1], 1.0, atol=1e-6)
+
+
+# Metrics.
+
+
+def _true_density(name, scale=1.0, mirror=False):
+  @jax.jit
+  def density(points):
+    if mirror:
+      points = points * jnp.array([-1.0, 1.0, 1.0])
+    return jnp.where(objects.sdf(name, points / scale) < 0.0, 100.0, 0.0)
+  return density
+
+
+def _true_albedo(name, mirror=False):
+  @jax.jit
+  def albedo(points):
+    if mirror:
+      points = points * jnp.array([-1.0, 1.0, 1.0])
+    return objects.albedo(name, points)
+  return albedo
+
+
+def test_iou():
+  assert metrics.iou('a yellow torus', _true_density('a yellow torus'),
+                     5.0, resolution=32) == 1.0
+  # A concentric sphere of radius 0.4 inside the true 0.5: (0.4 / 0.5)^3.
+  small = metrics.iou('a blue sphere', _true_density('a blue sphere', 0.8),
+                      5.0, resolution=48)
+  assert small == pytest.approx(0.512, abs=0.02)
+
+
+def test_albedo_error():
+  points = metrics.surface_points('a snowman', 256)
+  assert points.shape == (256, 3)
+  assert np.abs(np.asarray(objects.sdf('a snowman', points))).max() < 1e-4
+  assert metrics.albedo_error('a snowman', _true_albedo('a snowman'),
+                              256) == pytest.approx(0.0, abs=1e-7)
+  red = lambda p: jnp.broadcast_to(jnp.array(objects.RED), p.shape)
+  assert metrics.albedo_error('a blue sphere', red, 256) == pytest.approx(
+      0.5, abs=1e-6)
+
+
+def test_janus_check():
+  name = 'a snowman'
+  right = metrics.janus_check(_true_density(name), _true_albedo(name), 5.0)
+  assert right['front'] and not right['back']
+  flipped = metrics.janus_check(_true_density(name, mirror=True),
+                                _true_albedo(name, mirror=True), 5.0)
+  assert flipped['back'] and not flipped['front']
+
+  @jax.jit
+  def two_noses(points):
+    mirrored = points * jnp.array([-1.0, 1.0, 1.0])
+    return jnp.maximum(_true_density(name)(points),
+                       _true_density(name)(mirrored))
+
+  @jax.jit
+  def two_noses_albedo(points):
+    return jnp.where((points[:, :1] < 0.0), _true_albedo(name, True)(points),
+                     _true_albedo(name)(points))
+
+  janus = metrics.janus_check(two_noses, two_noses_albedo, 5.0)
+  assert janus['front'] and janus['back']
+
+  @jax.jit
+  def no_nose(points):
+    body, head, _ = objects.snowman_parts(points)
+    return jnp.where(jnp.minimum(body, head) < 0.0, 100.0, 0.0)
+
+  white = lambda p: jnp.broadcast_to(jnp.array(objects.WHITE), p.shape)
+  bald = metrics.janus_check(no_nose, white, 5.0)
+  assert not bald['front'] and not bald['back']
+  # A nose painted onto the back of the head, without geometry, counts.
+  painted = metrics.janus_check(
+      no_nose, lambda p: jnp.where(p[:, :1] < 0.0, jnp.array(objects.ORANGE),
+                                   jnp.array(objects.WHITE)), 5.0)
+  assert painted['back'] and not painted['front']
