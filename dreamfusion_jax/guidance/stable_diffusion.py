@@ -1,0 +1,516 @@
+"""Stable Diffusion (or a pixel-space diffusers UNet) as a frozen `Prior`.
+
+Loads a diffusers-layout folder or Hugging Face hub id (DESIGN.md section 6):
+
+  unet/          FlaxUNet2DConditionModel   (required)
+  vae/           FlaxAutoencoderKL          (absent: a pixel-space model)
+  text_encoder/  FlaxCLIPTextModel          (used once, then dropped)
+  tokenizer/     CLIPTokenizer
+  scheduler/     scheduler_config.json      (the betas give alpha-bar_t)
+
+Weights, per component, in this order: Flax msgpack; PyTorch safetensors
+(one file or shards), renamed to Flax with the libraries' own per-key rules
+but without torch or a random init; a pickled PyTorch `.bin` only when the
+caller allows pickle (unpickling can run code) and torch is installed.
+
+The result is a `prior.Prior`: frozen params (UNet, VAE encoder, schedule),
+the text embeddings of the view prompts and of the negative/empty prompt, and
+two pure functions, `encode` (render -> diffusion space, differentiable) and
+`predict_noise` (one UNet call). Nothing here knows about SDS.
+"""
+
+import dataclasses
+import json
+import pathlib
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from dreamfusion_jax import errors
+from dreamfusion_jax.guidance import hub
+from dreamfusion_jax.guidance import prior as prior_lib
+from dreamfusion_jax.guidance import quiet  # pylint: disable=unused-import
+# After `quiet`, so the libraries' Flax deprecation notices are filtered.
+import diffusers  # pylint: disable=g-bad-import-order
+from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt
+import transformers  # pylint: disable=g-bad-import-order
+from transformers import modeling_flax_pytorch_utils as transformers_pt
+
+# Repository files fetched from the hub, for the components the prior reads
+# (repositories also hold a safety checker, fp16 and non-EMA copies and
+# single-file checkpoints: gigabytes the prior never reads). Configs and
+# tokenizer come with the Flax weights; safetensors, then (if allowed)
+# pickles, only for components without Flax weights.
+_COMPONENTS = ('unet', 'vae', 'text_encoder')
+_DIFFUSERS_PARTS = ('unet', 'vae')
+CONFIG_PATTERNS = ('model_index.json', 'scheduler/*.json', 'tokenizer/*') + (
+    tuple(f'{c}/config.json' for c in _COMPONENTS))
+FLAX_PATTERNS = tuple(
+    f'{c}/diffusion_flax_model.msgpack' for c in _DIFFUSERS_PARTS) + (
+        'text_encoder/flax_model.msgpack',)
+SAFETENSORS_PATTERNS = tuple(
+    f'{c}/diffusion_pytorch_model{suffix}' for c in _DIFFUSERS_PARTS
+    for suffix in ('.safetensors', '.safetensors.index.json',
+                   '-*.safetensors')) + (
+                       'text_encoder/model.safetensors',
+                       'text_encoder/model.safetensors.index.json',
+                       'text_encoder/model-*.safetensors')
+PICKLE_PATTERNS = tuple(
+    f'{c}/diffusion_pytorch_model.bin' for c in _DIFFUSERS_PARTS) + (
+        'text_encoder/pytorch_model.bin',)
+
+# Weight file names per library, in order of preference.
+_WEIGHT_FILES = {
+    'diffusers': ('diffusion_flax_model.msgpack',
+                  'diffusion_pytorch_model.safetensors',
+                  'diffusion_pytorch_model.safetensors.index.json',
+                  'diffusion_pytorch_model.bin'),
+    'transformers': ('flax_model.msgpack', 'model.safetensors',
+                     'model.safetensors.index.json', 'pytorch_model.bin'),
+}
+_LIBRARY = {'unet': 'diffusers', 'vae': 'diffusers',
+            'text_encoder': 'transformers'}
+# Sub-trees of the VAE params used to encode; the decoder is left on disk.
+_VAE_ENCODER = ('encoder', 'quant_conv')
+
+Params = Any
+
+
+def resolve_dtype(name: str) -> jnp.dtype:
+  """'auto' -> bfloat16 on accelerators, float32 on CPU; else the name."""
+  if name == 'auto':
+    return jnp.bfloat16 if jax.default_backend() != 'cpu' else jnp.float32
+  if name in ('float32', 'bfloat16'):
+    return jnp.dtype(name)
+  raise errors.UserError(
+      f'guidance.dtype is {name!r}; use auto, float32 or bfloat16.')
+
+
+def alphas_cumprod(scheduler_config: Dict[str, Any]) -> np.ndarray:
+  """alpha-bar_t = prod_{s<=t} (1 - beta_s) of a diffusers scheduler config.
+
+  In the paper's notation alpha_t^2 = alpha-bar_t and sigma_t^2 = 1 -
+  alpha-bar_t (section 2, variance preserving).
+
+  Args:
+    scheduler_config: the scheduler_config.json contents.
+
+  Returns:
+    [num_train_timesteps] float32.
+  """
+  steps = int(scheduler_config.get('num_train_timesteps', 1000))
+  start = float(scheduler_config.get('beta_start', 0.0001))
+  end = float(scheduler_config.get('beta_end', 0.02))
+  schedule = scheduler_config.get('beta_schedule', 'linear')
+  trained = scheduler_config.get('trained_betas')
+  if trained is not None:
+    betas = np.asarray(trained, np.float64)
+  elif schedule == 'linear':
+    betas = np.linspace(start, end, steps, dtype=np.float64)
+  elif schedule == 'scaled_linear':
+    # Latent diffusion's schedule: linear in sqrt(beta).
+    betas = np.linspace(start**0.5, end**0.5, steps, dtype=np.float64)**2
+  elif schedule == 'squaredcos_cap_v2':
+    # Nichol & Dhariwal's cosine schedule, betas capped at 0.999.
+    def abar(u):
+      return np.cos((u + 0.008) / 1.008 * np.pi / 2)**2
+    u = np.arange(steps, dtype=np.float64) / steps
+    betas = np.minimum(1 - abar(u + 1 / steps) / abar(u), 0.999)
+  else:
+    raise errors.UserError(
+        f'The scheduler config has beta_schedule {schedule!r}; supported are '
+        'linear, scaled_linear and squaredcos_cap_v2.')
+  return np.cumprod(1.0 - betas).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# Weights.
+
+
+def _weight_file(subfolder: pathlib.Path, library: str) -> pathlib.Path:
+  for name in _WEIGHT_FILES[library]:
+    if (subfolder / name).is_file():
+      return subfolder / name
+  raise errors.UserError(
+      f'{subfolder} has no weights (looked for '
+      f'{", ".join(_WEIGHT_FILES[library])}); download the full model or '
+      'point guidance.model at a complete diffusers-layout folder.')
+
+
+def _read_pickle(path: pathlib.Path, allow_pickle: bool,
+                 check_only: bool = False) -> Optional[Dict[str, np.ndarray]]:
+  """Unpickles PyTorch weights if allowed and possible (else UserError)."""
+  if not allow_pickle:
+    raise errors.UserError(
+        f'{path} holds pickled PyTorch weights, and unpickling can run '
+        'arbitrary code; use a model with safetensors or Flax weights, or set '
+        'guidance.allow_pickle=True if you trust the file.')
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise errors.UserError(
+        f'{path} holds pickled PyTorch weights, which need torch to read; '
+        'install torch (the CPU build is enough) or use a model with '
+        'safetensors or Flax weights.') from None
+  if check_only:
+    return None
+  state = torch.load(path, map_location='cpu', weights_only=True)
+  return {k: v.float().numpy() if v.dtype == torch.bfloat16 else v.numpy()
+          for k, v in state.items()}
+
+
+def _read_pytorch_state(path: pathlib.Path,
+                        allow_pickle: bool) -> Dict[str, np.ndarray]:
+  """A PyTorch state dict as numpy arrays, without torch for safetensors."""
+  if path.name.endswith('.bin'):
+    return _read_pickle(path, allow_pickle)
+  if path.name.endswith('.index.json'):
+    shards = sorted(set(json.loads(path.read_text())['weight_map'].values()))
+    state = {}
+    for shard in shards:
+      state.update(safetensors.numpy.load_file(str(path.parent / shard)))
+    return state
+  return safetensors.numpy.load_file(str(path))
+
+
+def _pytorch_to_flax(state: Dict[str, np.ndarray], shapes: Dict[Tuple, Any],
+                     library: str, model_prefix: str = '') -> Dict[Tuple, Any]:
+  """Renames and reshapes PyTorch weights to Flax, key by key.
+
+  The libraries' own `convert_pytorch_state_dict_to_flax` functions need a
+  randomly initialised model (diffusers' also calls `.numpy()` on every
+  tensor, so it wants torch tensors). Their per-key rules need only the set
+  of Flax names, which `jax.eval_shape` gives for free.
+  """
+  flat = {}
+  for name, tensor in state.items():
+    if library == 'diffusers':
+      key = tuple(diffusers_pt.rename_key(name).split('.'))
+      key, tensor = diffusers_pt.rename_key_and_reshape_tensor(
+          key, tensor, shapes)
+    else:
+      key, tensor = transformers_pt.rename_key_and_reshape_tensor(
+          tuple(name.split('.')), tensor, shapes, model_prefix)
+    flat[key] = tensor
+  return flat
+
+
+def load_weights(subfolder: pathlib.Path, library: str, shapes: Params,
+                 allow_pickle: bool = False,
+                 keep: Optional[Sequence[str]] = None) -> Params:
+  """Reads a component's weights and checks them against its config.
+
+  Args:
+    subfolder: e.g. <model>/unet.
+    library: 'diffusers' or 'transformers' (their PyTorch naming differs).
+    shapes: the Flax params' shape tree (`jax.eval_shape` of the init).
+    allow_pickle: permit a pickled `.bin`.
+    keep: top-level params names to keep (None: all); others are neither
+      required nor returned.
+
+  Returns:
+    Nested dict of numpy arrays with exactly the keys of `shapes` (or of its
+    `keep` sub-trees), in the file's dtype.
+
+  Raises:
+    errors.UserError: no weights, pickle not allowed, or weights that do not
+      fit the config.
+  """
+  path = _weight_file(subfolder, library)
+  every = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
+  expected = {k: v for k, v in every.items() if keep is None or k[0] in keep}
+  if path.name.endswith('.msgpack'):
+    loaded = flax.traverse_util.flatten_dict(
+        flax.serialization.msgpack_restore(path.read_bytes()))
+  else:
+    model_prefix = transformers.FlaxCLIPTextModel.base_model_prefix
+    try:
+      loaded = _pytorch_to_flax(_read_pytorch_state(path, allow_pickle),
+                                every, library, model_prefix)
+    except (AssertionError, ValueError) as e:
+      if isinstance(e, errors.UserError):
+        raise
+      raise errors.UserError(
+          f'The weights in {path} do not fit {subfolder}/config.json ({e}); '
+          'check that the folder holds one consistent model.') from None
+  missing = sorted(set(expected) - set(loaded))
+  wrong = sorted(k for k in expected if k in loaded
+                 and tuple(loaded[k].shape) != tuple(expected[k].shape))
+  if missing or wrong:
+    example = '/'.join((missing or wrong)[0])
+    raise errors.UserError(
+        f'The weights in {path} do not fit {subfolder}/config.json '
+        f'({len(missing)} missing, {len(wrong)} of the wrong shape, e.g. '
+        f'{example}); check that the folder holds one consistent model.')
+  return flax.traverse_util.unflatten_dict(
+      {k: np.asarray(loaded[k]) for k in expected})
+
+
+def _cast(params: Params, dtype) -> Params:
+  # jax.tree.map, not the libraries' to_bf16 (broken on jax 0.10).
+  return jax.tree.map(lambda p: jnp.asarray(p, dtype), params)
+
+
+def _read_config(subfolder: pathlib.Path) -> Dict[str, Any]:
+  path = subfolder / 'config.json'
+  if not path.is_file():
+    raise errors.UserError(
+        f'{path} is missing; guidance.model must be a Stable Diffusion '
+        'folder in diffusers layout (unet/, text_encoder/, tokenizer/, '
+        'scheduler/, optionally vae/).')
+  return json.loads(path.read_text())
+
+
+def _diffusers_model(cls, config: Dict[str, Any], dtype):
+  # Drop the PyTorch-only fields (act_fn, upcast_attention, ...) that the
+  # Flax class does not take, rather than have diffusers log each one.
+  fields = {f.name for f in dataclasses.fields(cls)}
+  kwargs = {k: (tuple(v) if isinstance(v, list) else v)
+            for k, v in config.items() if k in fields and k != 'dtype'}
+  return cls(dtype=dtype, **kwargs)
+
+
+def load_unet(folder: pathlib.Path, dtype=jnp.float32,
+              allow_pickle: bool = False):
+  """Returns (FlaxUNet2DConditionModel, params cast to `dtype`)."""
+  module = _diffusers_model(diffusers.FlaxUNet2DConditionModel,
+                            _read_config(folder / 'unet'), dtype)
+  shapes = jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
+  params = load_weights(folder / 'unet', 'diffusers', shapes, allow_pickle)
+  return module, _cast(params, dtype)
+
+
+def load_vae(folder: pathlib.Path, dtype=jnp.float32,
+             allow_pickle: bool = False):
+  """Returns (FlaxAutoencoderKL, its encoder's params cast to `dtype`)."""
+  module = _diffusers_model(diffusers.FlaxAutoencoderKL,
+                            _read_config(folder / 'vae'), dtype)
+  shapes = jax.eval_shape(module.init_weights, jax.random.PRNGKey(0))
+  params = load_weights(folder / 'vae', 'diffusers', shapes, allow_pickle,
+                        keep=_VAE_ENCODER)
+  return module, _cast(params, dtype)
+
+
+def encode_prompts(folder: pathlib.Path, prompts: Sequence[str],
+                   allow_pickle: bool = False) -> np.ndarray:
+  """CLIP text embeddings as Stable Diffusion conditions on them.
+
+  The prompts are padded to the tokenizer's length and the text encoder's
+  last hidden state is returned (what the SD pipelines pass to the UNet).
+  Runs once on the host; the encoder is not kept.
+
+  Returns:
+    [len(prompts), tokens, width] float32.
+  """
+  try:
+    tokenizer = transformers.CLIPTokenizer.from_pretrained(
+        str(folder / 'tokenizer'))
+  except (OSError, TypeError, ValueError):
+    raise errors.UserError(
+        f'{folder / "tokenizer"} does not hold a CLIP tokenizer (vocab.json, '
+        'merges.txt); point guidance.model at a complete diffusers-layout '
+        'folder.') from None
+  config = transformers.CLIPTextConfig.from_dict(
+      _read_config(folder / 'text_encoder'))
+  length = min(tokenizer.model_max_length, config.max_position_embeddings)
+  ids = tokenizer(list(prompts), padding='max_length', max_length=length,
+                  truncation=True, return_tensors='np').input_ids
+  model = transformers.FlaxCLIPTextModel(
+      config, input_shape=(1, length), _do_init=False)
+  params = load_weights(folder / 'text_encoder', 'transformers',
+                        model.params_shape_tree, allow_pickle)
+  # One compiled call: op-by-op execution compiles every op separately.
+  run = jax.jit(lambda params, ids: model(ids, params=params).last_hidden_state)
+  return np.asarray(run(params, jnp.asarray(ids, jnp.int32)), np.float32)
+
+
+# ----------------------------------------------------------------------------
+# The prior.
+
+
+def make_prior(unet, unet_params: Params, vae, vae_params: Optional[Params],
+               view_embeddings, uncond_embedding, schedule: np.ndarray,
+               prediction_type: str = 'epsilon',
+               dtype=jnp.float32) -> prior_lib.Prior:
+  """Wraps loaded (or randomly initialised) networks as a `Prior`.
+
+  Args:
+    unet: a FlaxUNet2DConditionModel.
+    unet_params: its params.
+    vae: a FlaxAutoencoderKL, or None for a pixel-space UNet.
+    vae_params: params with at least the encoder's sub-trees, or None.
+    view_embeddings: [len(prior.VIEWS), tokens, width] text embeddings.
+    uncond_embedding: [tokens, width] negative or empty prompt embedding.
+    schedule: [T] alpha-bar_t.
+    prediction_type: the UNet's output: 'epsilon', 'v_prediction' or
+      'sample' (converted to epsilon in `predict_noise`).
+    dtype: compute dtype of the networks.
+
+  Returns:
+    The prior; its `encode` and `predict_noise` are closures over the modules
+    (static) and read all arrays from `params`.
+  """
+  if prediction_type not in ('epsilon', 'v_prediction', 'sample'):
+    raise errors.UserError(
+        f'The scheduler config has prediction_type {prediction_type!r}; '
+        'supported are epsilon, v_prediction and sample.')
+  params = {'unet': _cast(unet_params, dtype),
+            'alphas_cumprod': jnp.asarray(schedule, jnp.float32)}
+  if vae is not None:
+    params['vae'] = _cast(
+        {k: vae_params[k] for k in _VAE_ENCODER}, dtype)
+    size = int(vae.sample_size)
+    scaling = float(vae.scaling_factor)
+  else:
+    size = int(unet.sample_size)
+    scaling = None
+
+  def encode(params, images):
+    """[B, H, W, 3] in [0, 1] -> x [B, h, w, c] (float32), differentiable.
+
+    Latent models: resize to the VAE's own input size, map to [-1, 1],
+    encode and take the mean of the posterior (deterministic: the encoder's
+    sampling noise would only add variance to an already noisy gradient),
+    scaled by the VAE's scaling factor so the latents have unit variance as
+    the UNet was trained on. Pixel models: resize to the UNet's size.
+    """
+    batch = images.shape[0]
+    if images.shape[1:3] != (size, size):
+      images = jax.image.resize(images, (batch, size, size, 3), 'linear')
+    x = 2.0 * images - 1.0
+    if vae is None:
+      return x.astype(jnp.float32)
+    x_nchw = jnp.transpose(x.astype(dtype), (0, 3, 1, 2))
+    posterior = vae.apply({'params': params['vae']}, x_nchw,
+                          method=vae.encode).latent_dist
+    return (posterior.mean * scaling).astype(jnp.float32)
+
+  def predict_noise(params, z_t, t, embedding):
+    """eps(z_t; y, t): z_t [B, h, w, c], t [B] int32, embedding [B, L, D]."""
+    sample = jnp.transpose(z_t.astype(dtype), (0, 3, 1, 2))
+    out = unet.apply({'params': params['unet']}, sample, t,
+                     embedding.astype(dtype)).sample
+    out = jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+    if prediction_type == 'epsilon':
+      return out
+    abar = params['alphas_cumprod'][t][:, None, None, None]
+    alpha, sigma = jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
+    if prediction_type == 'v_prediction':
+      # v = alpha eps - sigma x  =>  eps = sigma z_t + alpha v.
+      return sigma * z_t + alpha * out
+    # x-prediction: eps = (z_t - alpha x) / sigma.
+    return (z_t - alpha * out) / sigma
+
+  return prior_lib.Prior(
+      params=params,
+      view_embeddings=jnp.asarray(view_embeddings, jnp.float32),
+      uncond_embedding=jnp.asarray(uncond_embedding, jnp.float32),
+      alphas_cumprod=jnp.asarray(schedule, jnp.float32),
+      encode=encode,
+      predict_noise=predict_noise)
+
+
+def _has_weights(folder: pathlib.Path, component: str, patterns) -> bool:
+  subfolder = folder / component
+  return any((subfolder / name).is_file()
+             for name in _WEIGHT_FILES[_LIBRARY[component]]
+             if any(pathlib.PurePath(f'{component}/{name}').match(p)
+                    for p in patterns))
+
+
+def fetch(model: str, revision: str = '',
+          allow_pickle: bool = False) -> pathlib.Path:
+  """The model's folder: a local one as is, or the hub snapshot.
+
+  From the hub, only what the prior reads: configs and tokenizer, then Flax
+  weights; safetensors only if some component has no Flax weights; pickles
+  only if allowed and some component has neither.
+  """
+  folder = hub.resolve(model, revision, CONFIG_PATTERNS + FLAX_PATTERNS)
+  safe = FLAX_PATTERNS + SAFETENSORS_PATTERNS
+
+  def complete(folder, patterns):
+    return all(_has_weights(folder, c, patterns)
+               for c in _COMPONENTS if (folder / c).is_dir())
+
+  if not complete(folder, safe):
+    folder = hub.resolve(model, revision,
+                         CONFIG_PATTERNS + SAFETENSORS_PATTERNS)
+  if allow_pickle and not complete(folder, safe):
+    folder = hub.resolve(model, revision, CONFIG_PATTERNS + PICKLE_PATTERNS)
+  return folder
+
+
+def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
+         *, revision: str = '', dtype: str = 'auto',
+         allow_pickle: bool = False) -> prior_lib.Prior:
+  """Loads a Stable Diffusion (or pixel-space) prior with its embeddings.
+
+  Args:
+    model: hub id or diffusers-layout folder.
+    view_prompts: one prompt per entry of `prior.VIEWS`.
+    negative_prompt: the unconditional prompt of classifier-free guidance
+      ('' is the empty prompt the model was trained with).
+    revision: hub revision ('' = default branch).
+    dtype: 'auto', 'float32' or 'bfloat16': compute dtype of the networks.
+    allow_pickle: permit pickled `.bin` weights.
+
+  Returns:
+    The prior, with params on the default device.
+  """
+  if len(view_prompts) != len(prior_lib.VIEWS):
+    raise ValueError(f'Need {len(prior_lib.VIEWS)} view prompts, got '
+                     f'{len(view_prompts)}.')
+  compute_dtype = resolve_dtype(dtype)
+  folder = fetch(model, revision, allow_pickle)
+  for required in ('unet', 'text_encoder'):
+    _read_config(folder / required)
+  scheduler_path = folder / 'scheduler' / 'scheduler_config.json'
+  if not scheduler_path.is_file():
+    raise errors.UserError(
+        f'{scheduler_path} is missing; guidance.model must be a Stable '
+        'Diffusion folder in diffusers layout.')
+  scheduler = json.loads(scheduler_path.read_text())
+  # Refuse missing or pickled weights before any slow work.
+  for component in _COMPONENTS:
+    if (folder / component).is_dir():
+      path = _weight_file(folder / component, _LIBRARY[component])
+      if path.name.endswith('.bin'):
+        _read_pickle(path, allow_pickle, check_only=True)
+
+  # Text first, so the encoder is gone before the UNet is loaded.
+  embeddings = encode_prompts(
+      folder, list(view_prompts) + [negative_prompt], allow_pickle)
+  unet, unet_params = load_unet(folder, compute_dtype, allow_pickle)
+  vae = vae_params = None
+  if (folder / 'vae').is_dir():
+    vae, vae_params = load_vae(folder, compute_dtype, allow_pickle)
+    expected = unet.in_channels
+    if vae.latent_channels != expected:
+      raise errors.UserError(
+          f'{folder}: the VAE has {vae.latent_channels} latent channels but '
+          f'the UNet takes {expected}; the folder mixes two models.')
+  elif unet.in_channels != 3:
+    raise errors.UserError(
+        f'{folder} has no vae/ but its UNet takes {unet.in_channels} '
+        'channels; a pixel-space model takes 3.')
+  return make_prior(
+      unet, unet_params, vae, vae_params,
+      view_embeddings=embeddings[:-1], uncond_embedding=embeddings[-1],
+      schedule=alphas_cumprod(scheduler),
+      prediction_type=scheduler.get('prediction_type', 'epsilon'),
+      dtype=compute_dtype)
+
+
+def num_params(params: Params) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
+def param_bytes(params: Params) -> int:
+  return sum(int(np.prod(p.shape)) * jnp.dtype(p.dtype).itemsize
+             for p in jax.tree.leaves(params))
+
