@@ -11,25 +11,13 @@ Other prompts: --config.prompt="a snowman" (also 'a red cube', 'a green
 cone', 'a yellow torus').
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _default_config() -> ml_collections.ConfigDict:
-  # Loaded by path: config files are loaded by path too, so the configs
-  # folder need not be importable as a package.
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                      'default.py')
-  spec = importlib.util.spec_from_file_location('configs_default', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = _default_config()
+  config = default.get_config()
 
   config.prompt = 'a blue sphere'
   config.num_steps = 1000

@@ -9,6 +9,7 @@ import os
 import sys
 
 from absl import app
+from absl import flags
 from absl import logging
 
 from dreamfusion_jax import errors
@@ -36,8 +37,7 @@ def _main_or_exit(main):
     try:
       return main(argv)
     except errors.UserError as e:
-      print(f'error: {e}', file=sys.stderr, flush=True)
-      sys.exit(2)
+      _exit(str(e))
   return wrapped
 
 
@@ -48,7 +48,30 @@ class _DropLibraryChatter(std_logging.Filter):
     return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
 
 
+def _parse_flags(argv):
+  """absl's flag parsing, with a bad --config.<field> as one sentence."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _exit(f'{e}; run with --helpfull for the flags.')
+  except (AttributeError, KeyError) as e:
+    # ml_collections reports an unknown field of a locked config this way.
+    names = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]
+    field = str(e).strip('"\'')
+    bad = [n for n in names if n.split('.')[-1] == field] or names
+    _exit(f'{bad[0] if bad else field} is not a config field; see '
+          'configs/default.py for every field.')
+  except (ValueError, TypeError) as e:
+    _exit(f'a --config override could not be applied ({e}); check its '
+          'value and type against configs/default.py.')
+
+
+def _exit(sentence: str):
+  print(f'error: {sentence}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
 def run(main) -> None:
   """`absl.app.run(main)` with UserError reported as one sentence."""
   logging.get_absl_handler().addFilter(_DropLibraryChatter())
-  app.run(_main_or_exit(main))
+  app.run(_main_or_exit(main), flags_parser=_parse_flags)

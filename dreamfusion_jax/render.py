@@ -55,14 +55,24 @@ def stratified_samples(key, near, far, num_samples: int):
   lies uniformly at random in its bin, or at the bin's centre when `key` is
   None (deterministic evaluation).
 
+  Args:
+    key: one PRNG key, None, or a [B] array of keys for rays of shape
+      [B, ...] (one key per view, so a view's samples do not depend on the
+      batch it is rendered in).
+    near, far: [...] ray interval.
+    num_samples: N.
+
   Returns:
     t: [..., N] sample distances; delta: [..., N] bin widths.
   """
   width = (far - near)[..., None] / num_samples
+  shape = near.shape + (num_samples,)
   if key is None:
-    u = jnp.full(near.shape + (num_samples,), 0.5)
+    u = jnp.full(shape, 0.5)
+  elif key.ndim == 1:
+    u = jax.vmap(lambda k: jax.random.uniform(k, shape[1:]))(key)
   else:
-    u = jax.random.uniform(key, near.shape + (num_samples,))
+    u = jax.random.uniform(key, shape)
   t = near[..., None] + (jnp.arange(num_samples) + u) * width
   return t, jnp.broadcast_to(width, t.shape)
 
@@ -93,7 +103,8 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
     directions: [..., 3] unit ray directions.
     light_position: [..., 3] point-light position for each ray.
     shading: ShadingParams with fields of shape [...] (one mode per ray).
-    key: PRNG key for stratified sampling, or None for bin centres.
+    key: PRNG key for stratified sampling (or [B] keys when the rays are
+      [B, ...]), or None for bin centres.
     num_samples: samples per ray.
     scene_radius: radius of the bounding sphere.
 
@@ -144,7 +155,7 @@ def render_views(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
   Args:
     cams: Cameras with leading shape [B].
     shading: ShadingParams with fields of shape [B].
-    key: PRNG key for stratified sampling, or None.
+    key: PRNG key for stratified sampling, [B] keys (one per view), or None.
 
   Returns:
     The outputs of `render_rays` with leading shape [B, H, W]; directions

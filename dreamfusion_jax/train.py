@@ -41,6 +41,7 @@ from dreamfusion_jax import schedules
 from dreamfusion_jax import shading
 from dreamfusion_jax.guidance import sds
 from dreamfusion_jax.nerf import field
+from dreamfusion_jax.toy import prior as toy_prior
 
 AXIS = 'data'
 
@@ -68,6 +69,18 @@ def make_mesh() -> jax.sharding.Mesh:
   """1-D mesh over every device of every process, axis 'data'."""
   return jax.make_mesh((jax.device_count(),), (AXIS,),
                        axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Host arrays (equal on every process) -> arrays replicated on `mesh`.
+
+  Works across processes, where `jax.device_put` cannot target devices that
+  another process owns.
+  """
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding,
+                                                       np.asarray(x)), tree)
 
 
 def make_optimizer(config: ml_collections.ConfigDict
@@ -104,20 +117,53 @@ def init_state(key, model, tx) -> TrainState:
                     skipped=jnp.zeros((), jnp.int32))
 
 
-def _view_loss(params, prior, key, step, *, model, config):
-  """SDS + regularisers for one view with its own key: scalar, metrics."""
-  k_cam, k_shade, k_render, k_sds = jax.random.split(key, 4)
-  cam = cameras.sample_cameras(k_cam, config.camera, 1)
-  mode = shading.sample(k_shade, step, config.shading, 1)
+def initial_state(seed: int, model, tx, mesh):
+  """A fresh TrainState and the base key, both replicated on `mesh`."""
+  def make():
+    init_key, base_key = jax.random.split(jax.random.key(seed))
+    return init_state(init_key, model, tx), base_key
+  return jax.jit(make, out_shardings=NamedSharding(mesh, P()))()
+
+
+def _squeeze(tree):
+  return jax.tree.map(lambda x: x[:, 0], tree)
+
+
+def _batch_loss(params, prior, keys, step, *, model, config):
+  """SDS + regularisers for a batch of views, each with its own key.
+
+  Args:
+    params: NeRF parameters.
+    prior: the frozen Prior.
+    keys: [B] PRNG keys, one per view: a view's camera, shading mode,
+      samples, t and noise depend on its key only.
+    step: scalar int.
+
+  Returns:
+    Scalar loss (mean over views) and a dict of scalar metrics.
+  """
+  split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
+  k_cam, k_shade, k_render, k_sds = (split[:, i] for i in range(4))
+  cams = _squeeze(jax.vmap(
+      lambda k: cameras.sample_cameras(k, config.camera, 1))(k_cam))
+  mode = _squeeze(jax.vmap(
+      lambda k: shading.sample(k, step, config.shading, 1))(k_shade))
   out = render.render_views(
-      model, params, cam, mode, key=k_render,
+      model, params, cams, mode, key=k_render,
       resolution=config.render.resolution,
       num_samples=config.render.num_samples,
       scene_radius=config.render.scene_radius)
   g = config.guidance
-  sds_loss, aux = sds.sds_loss(
-      prior, out['rgb'], cam.azimuth, cam.elevation, k_sds, scale=g.scale,
-      t_min=g.t_min, t_max=g.t_max, weighting=g.weighting)
+
+  def one_view(image, azimuth, elevation, key):
+    loss, aux = sds.sds_loss(prior, image[None], azimuth[None],
+                             elevation[None], key, scale=g.scale,
+                             t_min=g.t_min, t_max=g.t_max,
+                             weighting=g.weighting)
+    return loss[0], jax.tree.map(lambda a: a[0], aux)
+
+  sds_loss, aux = jax.vmap(one_view)(out['rgb'], cams.azimuth,
+                                     cams.elevation, k_sds)
   orient = losses.orientation(out['weights'], out['sample_normals'],
                               out['directions'])
   opacity = losses.opacity(out['opacity'])
@@ -157,12 +203,8 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, first + i))(
         jnp.arange(batch))
 
-    def loss_fn(params):
-      view_loss = functools.partial(_view_loss, model=model, config=config)
-      totals, metrics = jax.vmap(view_loss, in_axes=(None, None, 0, None))(
-          params, prior, keys, state.step)
-      return jnp.mean(totals), jax.tree.map(jnp.mean, metrics)
-
+    loss_fn = functools.partial(_batch_loss, prior=prior, keys=keys,
+                                step=state.step, model=model, config=config)
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
@@ -235,10 +277,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   render.validate(config.render)
   shading.validate(config.shading)
   field.make_model(config)  # Refuses unknown field or background kinds.
+  if g.model == 'toy':
+    toy_prior.validate(config)  # Unknown toy prompts, empty view bins.
 
 
-# Fields that may differ when a run resumes: they do not change the maths.
-_RESUMABLE_CHANGES = ('log.', 'checkpoint.', 'export.', 'multihost')
+# Fields that may differ when a run resumes. num_steps may grow to extend a
+# run (the learning-rate schedule then stretches from the resumed step on).
+_RESUMABLE_CHANGES = ('log.', 'checkpoint.', 'export.', 'multihost',
+                      'num_steps')
 
 
 def _flatten(d, prefix=''):
@@ -278,11 +324,16 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
             f'workdir {workdir} holds a run with {key} = {a.get(key)!r}, '
             f'not {b.get(key)!r}; use a new --workdir or the same config.')
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(new, f, indent=2)
-    os.replace(tmp, path)
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      tmp = path + '.tmp'
+      with open(tmp, 'w') as f:
+        json.dump(new, f, indent=2)
+      os.replace(tmp, path)
+    except OSError as e:
+      raise errors.UserError(
+          f'workdir {workdir} cannot be written ({e.strerror}); pass a '
+          '--workdir you can write to.') from None
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -346,22 +397,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   model = field.make_model(config)
   tx = make_optimizer(config)
   logging.info('Loading the prior %s.', config.guidance.model)
-  prior = guidance.load_prior(config)
-  prior = jax.device_put(prior, replicated)
+  prior = replicate(guidance.load_prior(config), mesh)
 
-  base_key = jax.random.key(config.seed)
-  init_key, base_key = jax.random.split(base_key)
+  state, base_key = initial_state(config.seed, model, tx, mesh)
   ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.keep)
-  abstract = jax.eval_shape(functools.partial(init_state, model=model, tx=tx),
-                            init_key)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(checkpoint_lib.abstract_like(abstract, replicated))
+    state = ckpt.restore(checkpoint_lib.abstract_like(state, replicated))
     logging.info('Resumed from step %d in %s.', int(state.step),
                  ckpt.directory)
-  else:
-    state = jax.jit(functools.partial(init_state, model=model, tx=tx),
-                    out_shardings=replicated)(init_key)
-  base_key = jax.device_put(base_key, replicated)
   train_step = make_train_step(config, model, tx, mesh)
 
   writer = None
@@ -464,11 +507,12 @@ def load_trained(workdir: str, step=None):
           f'{sorted(steps)}.')
     model = field.make_model(config)
     tx = make_optimizer(config)
-    replicated = NamedSharding(make_mesh(), P())
-    abstract = jax.eval_shape(
-        functools.partial(init_state, model=model, tx=tx), jax.random.key(0))
-    state = ckpt.restore(checkpoint_lib.abstract_like(abstract, replicated),
-                         step)
+    mesh = make_mesh()
+    abstract, _ = jax.eval_shape(
+        lambda: initial_state(config.seed, model, tx, mesh))
+    state = ckpt.restore(
+        checkpoint_lib.abstract_like(abstract, NamedSharding(mesh, P())),
+        step)
   finally:
     ckpt.close()
   return config, model, state.params, int(state.step)

@@ -1,0 +1,266 @@
+"""The train step, parallelism, checkpoints, the launcher and bad input."""
+
+import glob
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import tiny
+from dreamfusion_jax import checkpoint
+from dreamfusion_jax import errors
+from dreamfusion_jax import guidance
+from dreamfusion_jax import train
+from dreamfusion_jax.nerf import field
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+WORKER = str(ROOT / 'tests' / 'train_worker.py')
+LAUNCHER = str(ROOT / 'experiments' / 'train.py')
+TINY = str(ROOT / 'configs' / 'tiny.py')
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env['PYTHONPATH'] = str(ROOT)
+  return env
+
+
+def _worker(out, devices, batch, steps, *extra):
+  return subprocess.Popen(
+      [sys.executable, WORKER, str(out), str(devices), str(batch),
+       str(steps), *map(str, extra)], env=_env(), cwd=ROOT,
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _finish(proc, timeout=600):
+  out, _ = proc.communicate(timeout=timeout)
+  assert proc.returncode == 0, out.decode()[-3000:]
+
+
+@pytest.fixture(scope='module')
+def one_device_four_views(tmp_path_factory):
+  out = tmp_path_factory.mktemp('w') / 'one.npz'
+  _finish(_worker(out, 1, 4, 2))
+  return np.load(out)
+
+
+def test_four_devices_give_the_same_update(one_device_four_views, tmp_path):
+  _finish(_worker(tmp_path / 'four.npz', 4, 1, 2))
+  four = np.load(tmp_path / 'four.npz')
+  one = one_device_four_views
+  assert int(one['devices']) == 1 and int(four['devices']) == 4
+  np.testing.assert_allclose(four['train_loss'], one['train_loss'],
+                             rtol=1e-5)
+  # Two Adam updates moved the parameters; both layouts moved them alike.
+  np.testing.assert_allclose(four['params'], one['params'], atol=1e-6)
+
+
+def test_two_processes_give_the_same_update(one_device_four_views, tmp_path):
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  procs = [_worker(tmp_path / 'two.npz', 1, 2, 2, pid, 2, port)
+           for pid in range(2)]
+  for proc in procs:
+    _finish(proc)
+  two = np.load(tmp_path / 'two.npz')
+  assert int(two['devices']) == 2
+  np.testing.assert_allclose(two['params'], one_device_four_views['params'],
+                             atol=1e-6)
+
+
+def test_step_is_traced_once_and_prior_is_untouched():
+  config = tiny.get_config()
+  mesh = train.make_mesh()
+  model = field.make_model(config)
+  tx = train.make_optimizer(config)
+  prior = train.replicate(guidance.load_prior(config), mesh)
+  prior_before = jax.tree.map(np.array, prior.params)
+  state, key = train.initial_state(0, model, tx, mesh)
+  params0 = jax.tree.map(np.array, state.params)
+  step_fn = train.make_train_step(config, model, tx, mesh)
+  for _ in range(3):
+    state, metrics = step_fn(state, prior, key)
+  assert step_fn._cache_size() == 1  # pylint: disable=protected-access
+  assert int(state.step) == 3 and float(metrics['train/finite']) == 1.0
+  moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - b).max(),
+                       state.params, params0)
+  assert max(jax.tree.leaves(moved)) > 0
+  for a, b in zip(jax.tree.leaves(prior.params), jax.tree.leaves(prior_before)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_non_finite_updates_are_skipped_and_counted():
+  config = tiny.get_config()
+  mesh = train.make_mesh()
+  model = field.make_model(config)
+  tx = train.make_optimizer(config)
+  prior = train.replicate(guidance.load_prior(config), mesh)
+  broken = prior.replace(predict_noise=lambda *a: jnp.full(
+      a[1].shape, jnp.nan))
+  state, key = train.initial_state(0, model, tx, mesh)
+  before = jax.tree.map(np.array, state.params)
+  step_fn = train.make_train_step(config, model, tx, mesh)
+  for _ in range(2):
+    state, metrics = step_fn(state, broken, key)
+  assert float(metrics['train/finite']) == 0.0
+  assert int(state.bad_steps) == 2 and int(state.skipped) == 2
+  assert int(state.step) == 2
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(before)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def _launch(workdir, *overrides, wait=True):
+  cmd = [sys.executable, LAUNCHER, f'--config={TINY}', f'--workdir={workdir}',
+         '--config.export.at_end=False', *overrides]
+  proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT)
+  if not wait:
+    return proc
+  out, _ = proc.communicate(timeout=600)
+  return proc.returncode, out.decode()
+
+
+def _final_params(workdir, step):
+  _, _, params, restored = train.load_trained(str(workdir), step)
+  assert restored == step
+  return jax.tree.map(np.asarray, params)
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+  steps = ['--config.num_steps=8', '--config.checkpoint.every_steps=2',
+           '--config.log.preview_every_steps=0']
+  rc, out = _launch(tmp_path / 'straight', *steps)
+  assert rc == 0, out[-3000:]
+  proc = _launch(tmp_path / 'killed', *steps, wait=False)
+  ckpts = tmp_path / 'killed' / 'checkpoints'
+  deadline = time.time() + 300
+  while not (ckpts / '4').exists() and proc.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert not (ckpts / '8').exists(), 'the run finished before it was killed'
+  rc, out = _launch(tmp_path / 'killed', *steps)
+  assert rc == 0, out[-3000:]
+  assert 'Resumed from step' in out
+  a = _final_params(tmp_path / 'straight', 8)
+  b = _final_params(tmp_path / 'killed', 8)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_launcher_with_tiny_stable_diffusion_writes_everything(tmp_path):
+  import tiny_models  # pylint: disable=g-import-not-at-top
+  sd = tiny_models.make_tiny_stable_diffusion(tmp_path / 'sd')
+  workdir = tmp_path / 'run'
+  rc, out = _launch(workdir, f'--config.guidance.model={sd}',
+                    '--config.prompt=a tiny test', '--config.num_steps=4',
+                    '--config.export.at_end=True')
+  assert rc == 0, out[-3000:]
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['guidance']['model'] == str(sd)
+  assert config['num_steps'] == 4
+  assert (workdir / 'checkpoints' / '4').is_dir()
+  assert glob.glob(str(workdir / 'tensorboard' / 'events.out.tfevents.*'))
+  assert glob.glob(str(workdir / 'previews' / '*.png'))
+  for ext in ('mp4', 'glb', 'obj', 'ply'):
+    assert glob.glob(str(workdir / 'export' / f'*.{ext}')), ext
+  assert 'steps/s' in out and 'ETA' in out
+
+
+@pytest.mark.parametrize('key,value,match', [
+    ('num_steps', 0, 'num_steps'),
+    ('guidance.t_min', 0.99, 't_min'),
+    ('guidance.scale', -1.0, 'guidance.scale'),
+    ('guidance.weighting', 'snr', 'guidance.weighting'),
+    ('prompt', '  ', 'prompt is empty'),
+    ('render.resolution', -4, 'render.resolution'),
+    ('render.num_samples', 0, 'render.num_samples'),
+    ('camera.elevation_range', (50.0, 10.0), 'elevation_range'),
+    ('camera.distance_range', (1.0, 1.0), 'distance_range'),
+    ('batch_per_device', 0, 'batch_per_device'),
+    ('checkpoint.every_steps', 0, 'checkpoint.every_steps'),
+    ('nerf.field', 'voxels', 'nerf.field'),
+    ('shading.lit_prob', 1.5, 'lit_prob'),
+])
+def test_bad_config_values_are_refused(key, value, match):
+  config = tiny.get_config()
+  *groups, name = key.split('.')
+  target = config
+  for g in groups:
+    target = target[g]
+  target[name] = value
+  with pytest.raises(errors.UserError, match=match):
+    train.validate_config(config)
+
+
+def _one_sentence(out):
+  lines = [l for l in out.strip().splitlines() if l.startswith('error:')]
+  assert len(lines) == 1, out[-2000:]
+  assert 'Traceback' not in out
+  return lines[0]
+
+
+def test_launcher_refuses_bad_input_without_touching_a_run(tmp_path):
+  workdir = tmp_path / 'run'
+  rc, out = _launch(workdir, '--config.num_steps=2',
+                    '--config.log.preview_every_steps=0')
+  assert rc == 0, out[-3000:]
+  before = sorted(p.name for p in (workdir / 'checkpoints').iterdir())
+  config_before = (workdir / 'config.json').read_text()
+
+  rc, out = _launch(workdir, '--config.guidance.t_min=0.99')
+  assert rc == 2 and 't_min' in _one_sentence(out)
+  rc, out = _launch(workdir, '--config.nerf.mlp_width=32')
+  assert rc == 2 and 'nerf.mlp_width' in _one_sentence(out)
+  rc, out = _launch(tmp_path / 'new', '--config.prompt=a purple elephant')
+  assert rc == 2 and 'a blue sphere' in _one_sentence(out)
+  assert not (tmp_path / 'new').exists()
+  (tmp_path / 'a_file').write_text('')
+  rc, out = _launch(tmp_path / 'a_file' / 'run')
+  assert rc == 2 and 'cannot be written' in _one_sentence(out)
+
+  assert sorted(p.name for p in (workdir / 'checkpoints').iterdir()) == before
+  assert (workdir / 'config.json').read_text() == config_before
+
+
+def test_unknown_config_field_is_one_sentence(tmp_path):
+  rc, out = _launch(tmp_path / 'run', '--config.nerf.no_such_field=3')
+  assert rc != 0
+  assert 'no_such_field' in out
+  assert not (tmp_path / 'run').exists()
+
+
+def test_checkpoint_restores_on_a_different_device_count(tmp_path):
+  """A state saved from 4 devices restores onto this process's 1 device."""
+  proc = subprocess.run(
+      [sys.executable, '-c', (
+          'import os, sys; os.environ["XLA_FLAGS"] = '
+          '"--xla_force_host_platform_device_count=4"; '
+          'import jax, jax.numpy as jnp; from jax.sharding import '
+          'NamedSharding, PartitionSpec as P; '
+          'from dreamfusion_jax import checkpoint, train; '
+          'mesh = train.make_mesh(); assert jax.device_count() == 4; '
+          'x = jax.device_put({"a": jnp.arange(6.0)}, '
+          'NamedSharding(mesh, P())); '
+          f'c = checkpoint.Checkpointer("{tmp_path}", 2); c.save(3, x); '
+          'c.close()')], env=_env(), cwd=ROOT, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  ckpt = checkpoint.Checkpointer(str(tmp_path), 2)
+  sharding = jax.sharding.NamedSharding(train.make_mesh(),
+                                        jax.sharding.PartitionSpec())
+  abstract = {'a': jax.ShapeDtypeStruct((6,), jnp.float32, sharding=sharding)}
+  restored = ckpt.restore(abstract)
+  ckpt.close()
+  np.testing.assert_array_equal(restored['a'], np.arange(6.0))

@@ -1,0 +1,53 @@
+"""Runs a few train steps of configs/tiny.py in a fresh process.
+
+Device count and multi-process settings must be fixed before JAX starts, so
+the parallelism tests run this script as a subprocess:
+
+  python tests/train_worker.py OUT.npz DEVICES BATCH STEPS \
+      [PROCESS_ID NUM_PROCESSES PORT]
+
+It writes the final parameters (flattened) and the last metrics to OUT.npz
+(process 0 only).
+"""
+
+import os
+import sys
+
+
+def main(out, devices, batch, steps, process_id=None, num_processes=None,
+         port=None):
+  os.environ['XLA_FLAGS'] = (
+      f'--xla_force_host_platform_device_count={devices}')
+  import jax  # pylint: disable=g-import-not-at-top
+  if num_processes is not None:
+    jax.distributed.initialize(coordinator_address=f'localhost:{port}',
+                               num_processes=int(num_processes),
+                               process_id=int(process_id))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import guidance  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import train  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax.nerf import field  # pylint: disable=g-import-not-at-top
+
+  config = tiny.get_config()
+  config.batch_per_device = int(batch)
+  mesh = train.make_mesh()
+  model = field.make_model(config)
+  tx = train.make_optimizer(config)
+  prior = train.replicate(guidance.load_prior(config), mesh)
+  state, base_key = train.initial_state(config.seed, model, tx, mesh)
+  step_fn = train.make_train_step(config, model, tx, mesh)
+  for _ in range(int(steps)):
+    state, metrics = step_fn(state, prior, base_key)
+  flat = ravel_pytree(jax.device_get(state.params))[0]
+  if jax.process_index() == 0:
+    np.savez(out, params=np.asarray(flat), devices=jax.device_count(),
+             **{k.replace('/', '_'): np.asarray(v)
+                for k, v in jax.device_get(metrics).items()})
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+      __file__))))
+  main(*sys.argv[1:])
