@@ -1,0 +1,94 @@
+"""Every config file loads, validates, documents its command, adds no field."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+from configs import default
+from dreamfusion_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CONFIG_FILES = sorted(p for p in (ROOT / 'configs').glob('*.py')
+                      if p.name != '__init__.py')
+
+
+def _load(path):
+  """Imports a config file by path, as ml_collections' config_flags does."""
+  spec = importlib.util.spec_from_file_location(f'_config_{path.stem}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _flat_keys(config, prefix=''):
+  keys = set()
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      keys |= _flat_keys(value, f'{prefix}{key}.')
+    else:
+      keys.add(f'{prefix}{key}')
+  return keys
+
+
+def _ids(paths):
+  return [p.stem for p in paths]
+
+
+def test_all_expected_configs_exist():
+  names = {p.stem for p in CONFIG_FILES}
+  assert {'default', 'toy', 'tiny', 'dreamfusion_sd', 'paper'} <= names
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=_ids(CONFIG_FILES))
+def test_config_validates(path):
+  config = _load(path).get_config()
+  train.validate_config(config)
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=_ids(CONFIG_FILES))
+def test_config_adds_no_field(path):
+  keys = _flat_keys(_load(path).get_config())
+  reference = _flat_keys(default.get_config())
+  assert keys == reference, (
+      f'{path.name}: extra {sorted(keys - reference)}, '
+      f'missing {sorted(reference - keys)}')
+
+
+@pytest.mark.parametrize('path', CONFIG_FILES, ids=_ids(CONFIG_FILES))
+def test_docstring_holds_the_command(path):
+  module = _load(path)
+  doc = ' '.join((module.__doc__ or '').replace('\\\n', ' ').split())
+  assert (f'python experiments/train.py --config=configs/{path.name}'
+          in doc), f'{path.name} docstring lacks its command'
+  assert '--workdir=' in doc
+
+
+def test_stable_diffusion_config_values():
+  config = _load(ROOT / 'configs' / 'dreamfusion_sd.py').get_config()
+  assert config.render.resolution == 64
+  assert config.num_steps == 10000
+  assert config.guidance.scale == 100.0
+  assert (config.guidance.t_min, config.guidance.t_max) == (0.02, 0.98)
+  assert config.nerf.field == 'hashgrid'
+  # Cameras stay outside the bounding sphere.
+  assert config.camera.distance_range[0] > config.render.scene_radius
+  lo, hi = config.camera.focal_range
+  assert lo == pytest.approx(0.714, abs=1e-3)
+  assert hi == pytest.approx(1.374, abs=1e-3)
+  assert config.camera.elevation_range == (-10.0, 45.0)
+  assert config.shading.albedo_steps == 2000
+  doc = _load(ROOT / 'configs' / 'dreamfusion_sd.py').__doc__
+  assert '--config.prompt="a DSLR photo of a corgi"' in doc
+
+
+def test_paper_config_values():
+  config = _load(ROOT / 'configs' / 'paper.py').get_config()
+  assert config.num_steps == 15000
+  assert config.guidance.scale == 101.0  # The paper's omega = 100.
+  assert config.optim.learning_rate == 1e-4
+  assert config.optim.warmup_steps == 3000
+  assert config.optim.final_learning_rate == 1e-6
+  ramp_steps = config.loss.orientation_ramp_fraction * config.num_steps
+  assert ramp_steps == pytest.approx(5000)
+  assert config.camera == default.get_config().camera
