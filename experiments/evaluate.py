@@ -1,0 +1,86 @@
+r"""Evaluates trained objects: the toy world's scores or CLIP R-Precision.
+
+Toy world (trains the runs that are missing, reuses complete ones):
+
+  python experiments/evaluate.py --mode=toy --root=/tmp/toy_eval \
+      [--prompts="a blue sphere,a red cube"] [--seeds=0,1,2] \
+      [--config=configs/toy.py] [--threshold=5.0] [--export]
+
+CLIP R-Precision of trained runs (one workdir per caption and seed under
+--root):
+
+  python experiments/evaluate.py --mode=clip --root=/tmp/runs \
+      [--captions=captions.txt] [--num_views=8] [--resolution=128]
+
+Both print a table and write JSON under --root (toy_results.json,
+clip_results.json) or to --out.
+"""
+
+import os
+import sys
+
+# Config files import `configs.default` from the repository root.
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _REPO)
+
+from absl import flags
+from ml_collections import config_flags
+
+from dreamfusion_jax import launch
+
+_MODE = flags.DEFINE_enum('mode', 'toy', ['toy', 'clip'], 'What to score.')
+_ROOT = flags.DEFINE_string('root', None, 'Folder of the runs.')
+_OUT = flags.DEFINE_string('out', None, 'Results JSON (default under root).')
+# --mode=toy
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(_REPO, 'configs', 'toy.py'),
+    'Toy config for the runs (prompt and seed are set per run).',
+    lock_config=True)
+_PROMPTS = flags.DEFINE_list(
+    'prompts', None, 'Toy prompts (default: all five).')
+_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per prompt.')
+_THRESHOLD = flags.DEFINE_float('threshold', 5.0, 'Surface density level.')
+_EXPORT = flags.DEFINE_bool('export', False, 'Export runs that finish.')
+# --mode=clip
+_CAPTIONS = flags.DEFINE_string(
+    'captions', None, 'Caption file (default: the object-centric COCO set).')
+_CLIP_MODELS = flags.DEFINE_list('clip_models', None,
+                                 'CLIP models (default: the paper\'s three).')
+_NUM_VIEWS = flags.DEFINE_integer('num_views', 8, 'Renders per object.')
+_RESOLUTION = flags.DEFINE_integer(
+    'resolution', None, 'Render size (default: each run\'s '
+    'export.resolution).')
+flags.mark_flags_as_required(['root'])
+
+
+def main(argv):
+  del argv
+  from dreamfusion_jax import errors  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import evaluate  # pylint: disable=g-import-not-at-top
+  if _MODE.value == 'toy':
+    try:
+      seeds = [int(s) for s in _SEEDS.value]
+    except ValueError:
+      raise errors.UserError(
+          f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. 0,1,2.'
+      ) from None
+    results = evaluate.toy_evaluate(
+        _CONFIG.value, _ROOT.value, _PROMPTS.value or evaluate.TOY_PROMPTS,
+        seeds, _THRESHOLD.value, _EXPORT.value)
+    print(evaluate.format_toy_table(results))
+    if _OUT.value:
+      evaluate.write_results(results, _OUT.value)
+  else:
+    results = evaluate.clip_r_precision(
+        evaluate.workdirs_under(_ROOT.value),
+        evaluate.load_captions(_CAPTIONS.value),
+        clip_models=_CLIP_MODELS.value or evaluate.CLIP_MODELS,
+        num_views=_NUM_VIEWS.value,
+        render_views=evaluate.CheckpointRenderer(_RESOLUTION.value))
+    print(evaluate.format_table(results))
+    evaluate.write_results(
+        results, _OUT.value or os.path.join(_ROOT.value, 'clip_results.json'))
+
+
+if __name__ == '__main__':
+  launch.run(main)

@@ -1,0 +1,139 @@
+"""The toy-world evaluation and the checkpoint renderer of the CLIP metric.
+
+One tiny run (configs/tiny.py, 2 steps) is trained once per module and
+shared; the full five-prompt table is a slow test.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from configs import toy
+from dreamfusion_jax import evaluate
+from dreamfusion_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PROMPT = 'a snowman'  # The one prompt with a Janus check.
+
+
+def _tiny_config():
+  config = tiny.get_config()
+  config.num_steps = 2
+  config.log.preview_every_steps = 0
+  return config
+
+
+@pytest.fixture(scope='module')
+def evaluated(tmp_path_factory):
+  root = tmp_path_factory.mktemp('toy')
+  results = evaluate.toy_evaluate(_tiny_config(), root, [PROMPT], [0])
+  return root, results
+
+
+def test_results_structure(evaluated):
+  root, results = evaluated
+  assert set(results['prompts']) == {PROMPT}
+  (run,) = results['runs']
+  assert run['prompt'] == PROMPT and run['seed'] == 0
+  assert run['workdir'] == evaluate.toy_workdir(root, PROMPT, 0)
+  assert run['workdir'].endswith(os.path.join('a_snowman', 'seed_0'))
+  assert run['step'] == 2 and run['trained_now']
+  assert 0.0 <= run['iou'] <= 1.0
+  assert 0.0 <= run['albedo_error'] <= 1.0
+  assert isinstance(run['janus']['front'], bool)
+  assert run['train_seconds'] > 0
+  row = results['prompts'][PROMPT]
+  assert row['seeds'] == [0] and row['iou'] == [run['iou']]
+  assert row['nose_front'] in (0, 1) and row['nose_back'] in (0, 1)
+  with open(root / evaluate.TOY_RESULTS) as f:
+    assert json.load(f) == json.loads(json.dumps(results))
+  table = evaluate.format_toy_table(results)
+  assert PROMPT in table and f"{run['iou']:.3f}" in table
+
+
+def test_rerun_reuses_the_finished_run(evaluated, monkeypatch):
+  root, first = evaluated
+  workdir = first['runs'][0]['workdir']
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  before = {p: os.stat(os.path.join(ckpt_dir, p)).st_mtime_ns
+            for p in os.listdir(ckpt_dir)}
+
+  def no_training(*args):
+    raise AssertionError(f'trained again: {args}')
+
+  monkeypatch.setattr(train, 'train_and_evaluate', no_training)
+  again = evaluate.toy_evaluate(_tiny_config(), root, [PROMPT], [0])
+  after = {p: os.stat(os.path.join(ckpt_dir, p)).st_mtime_ns
+           for p in os.listdir(ckpt_dir)}
+  assert after == before
+  (run,) = again['runs']
+  assert not run['trained_now']
+  with open(os.path.join(workdir, evaluate.EVAL_FILE)) as f:
+    stored = json.load(f)
+  assert run['train_seconds'] == stored['train_seconds']
+  assert run['train_seconds'] == first['runs'][0]['train_seconds']
+  assert run['iou'] == first['runs'][0]['iou']
+
+
+def test_rerun_with_another_config_is_refused(evaluated):
+  root, _ = evaluated
+  config = _tiny_config()
+  config.guidance.scale = 7.0
+  with pytest.raises(evaluate.errors.UserError, match='guidance.scale'):
+    evaluate.toy_evaluate(config, root, [PROMPT], [0])
+
+
+@pytest.mark.parametrize('mode', evaluate.MODES)
+def test_checkpoint_renderer(evaluated, mode):
+  _, results = evaluated
+  workdir = results['runs'][0]['workdir']
+  renderer = evaluate.CheckpointRenderer(resolution=8)
+  images = renderer(workdir, evaluate.protocol_cameras(3), mode)
+  assert images.shape == (3, 8, 8, 3)
+  assert images.dtype == np.float32
+  assert np.all(np.isfinite(images))
+  assert images.min() >= 0.0 and images.max() <= 1.0
+
+
+def test_geo_renders_are_grey(evaluated):
+  # Textureless shading: white albedo, so every pixel is grey (r = g = b)
+  # against the white background.
+  _, results = evaluated
+  renderer = evaluate.CheckpointRenderer(resolution=8)
+  images = renderer(results['runs'][0]['workdir'],
+                    evaluate.protocol_cameras(2), 'geo')
+  np.testing.assert_allclose(images[..., 0], images[..., 1], atol=1e-5)
+  np.testing.assert_allclose(images[..., 0], images[..., 2], atol=1e-5)
+
+
+def test_non_toy_config_is_refused(tmp_path):
+  config = toy.get_config()
+  config.guidance.model = 'stable_diffusion'
+  with pytest.raises(evaluate.errors.UserError, match='toy'):
+    evaluate.toy_evaluate(config, tmp_path, ['a red cube'], [0])
+
+
+@pytest.mark.slow
+def test_full_toy_table(tmp_path):
+  """The issue's targets on all five prompts, one seed (tens of minutes)."""
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  env.pop('XLA_FLAGS', None)
+  proc = subprocess.run(
+      [sys.executable, str(ROOT / 'experiments' / 'evaluate.py'),
+       '--mode=toy', f'--root={tmp_path}', '--seeds=0',
+       f"--config={ROOT / 'configs' / 'toy.py'}"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  for prompt in evaluate.TOY_PROMPTS:
+    assert prompt in proc.stdout
+  with open(tmp_path / evaluate.TOY_RESULTS) as f:
+    iou = {p: row['iou_mean'] for p, row in json.load(f)['prompts'].items()}
+  for prompt in ('a blue sphere', 'a red cube', 'a green cone'):
+    assert iou[prompt] >= 0.7, iou
+  assert iou['a yellow torus'] >= 0.5, iou
