@@ -91,6 +91,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.toy = toy = ml_collections.ConfigDict()
   toy.images_per_view = 100  # Prior images per (prompt, view) group.
   toy.background_color = (1.0, 1.0, 1.0)  # Background of the prior images.
+  toy.lit_prob = 0.5  # Share of prior images lit (else albedo only).
   toy.supersample = 2  # s x s sub-pixel rays per prior-image pixel (AA).
   toy.num_timesteps = 1000  # Discrete diffusion steps of the toy schedule.
   toy.beta_start = 0.00085  # Scaled-linear schedule, as Stable Diffusion's.

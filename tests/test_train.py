@@ -79,16 +79,26 @@ def test_two_processes_give_the_same_update(one_device_four_views, tmp_path):
                              atol=1e-6)
 
 
-def test_step_is_traced_once_and_prior_is_untouched():
+@pytest.fixture(scope='module')
+def tiny_setup():
+  """(state, key, prior, make_step) for configs/tiny.py on this process."""
   config = tiny.get_config()
   mesh = train.make_mesh()
   model = field.make_model(config)
   tx = train.make_optimizer(config)
   prior = train.replicate(guidance.load_prior(config), mesh)
-  prior_before = jax.tree.map(np.array, prior.params)
   state, key = train.initial_state(0, model, tx, mesh)
+  return state, key, prior, lambda: train.make_train_step(config, model, tx,
+                                                          mesh)
+
+
+def test_step_is_traced_once_and_prior_is_untouched(tiny_setup):
+  state, key, prior, make_step = tiny_setup
+  step_fn = make_step()
+  # The step donates its state: work on a copy so other tests keep theirs.
+  state = jax.tree.map(jnp.copy, state)
+  prior_before = jax.tree.map(np.array, prior.params)
   params0 = jax.tree.map(np.array, state.params)
-  step_fn = train.make_train_step(config, model, tx, mesh)
   for _ in range(3):
     state, metrics = step_fn(state, prior, key)
   assert step_fn._cache_size() == 1  # pylint: disable=protected-access
@@ -100,17 +110,13 @@ def test_step_is_traced_once_and_prior_is_untouched():
     np.testing.assert_array_equal(np.asarray(a), b)
 
 
-def test_non_finite_updates_are_skipped_and_counted():
-  config = tiny.get_config()
-  mesh = train.make_mesh()
-  model = field.make_model(config)
-  tx = train.make_optimizer(config)
-  prior = train.replicate(guidance.load_prior(config), mesh)
+def test_non_finite_updates_are_skipped_and_counted(tiny_setup):
+  state, key, prior, make_step = tiny_setup
   broken = prior.replace(predict_noise=lambda *a: jnp.full(
       a[1].shape, jnp.nan))
-  state, key = train.initial_state(0, model, tx, mesh)
+  state = jax.tree.map(jnp.copy, state)
   before = jax.tree.map(np.array, state.params)
-  step_fn = train.make_train_step(config, model, tx, mesh)
+  step_fn = make_step()
   for _ in range(2):
     state, metrics = step_fn(state, broken, key)
   assert float(metrics['train/finite']) == 0.0

@@ -21,10 +21,12 @@ come from the training distribution (cameras.sample_cameras with
 config.camera); each drawn camera falls in the view bin prior.view_index of
 its azimuth and elevation, and the first images_per_view cameras of each bin
 are kept (rejection sampling, so each group follows the training
-distribution conditioned on its view). Shading follows the paper's mix after
-the warm-up (shading.sample at step albedo_steps): lit with probability
-shading.lit_prob, of those textureless with shading.textureless_prob, else
-albedo only.
+distribution conditioned on its view). The images are what photographs of
+the objects would show: in their colours, lit by the sampled point light
+(with the config's ambient and diffuse terms) with probability toy.lit_prob
+and unlit (albedo only) otherwise; never textureless, since no photograph
+of "a blue sphere" is white. The NeRF's textureless renders then receive a
+signal about shape only, as they do from Stable Diffusion.
 """
 
 import logging
@@ -176,8 +178,11 @@ def render_image_set(config: ml_collections.ConfigDict
   for p in range(len(objects.PROMPTS)):
     k_cam, k_shade = jax.random.split(jax.random.fold_in(base_key, p))
     cams, views = sample_view_cameras(k_cam, config.camera, per_view)
-    shade = shading_lib.sample(k_shade, config.shading.albedo_steps,
-                               config.shading, num)
+    lit = jax.random.uniform(k_shade, (num,)) < config.toy.lit_prob
+    shade = shading_lib.ShadingParams(
+        ambient=jnp.where(lit, config.shading.ambient, 1.0),
+        diffuse=jnp.where(lit, config.shading.diffuse, 0.0),
+        textureless=jnp.zeros((num,)))
     chunk = min(_CHUNK, num)
     for start in range(0, num, chunk):
       # Pad the last chunk (by wrapping around) so one compilation serves all.
