@@ -77,14 +77,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # The frozen 2D diffusion prior and SDS.
   config.guidance = guidance = ml_collections.ConfigDict()
-  guidance.model = 'stable-diffusion-v1-5/stable-diffusion-v1-5'  # Hub id, folder or 'toy'.
-  guidance.revision = ''  # Hub revision/branch ('' = default; 'flax' exists for CompVis).
-  guidance.dtype = 'auto'  # 'auto' (bf16 on accelerators, f32 on CPU), 'float32', 'bfloat16'.
+  # Hub id, local folder, or 'toy'.
+  guidance.model = 'stable-diffusion-v1-5/stable-diffusion-v1-5'
+  guidance.revision = ''  # Hub branch ('flax' exists for CompVis v1-4).
+  guidance.dtype = 'auto'  # 'auto' (bf16 accelerator, f32 CPU) or a dtype.
   guidance.allow_pickle = False  # Permit loading pickled PyTorch .bin weights.
-  guidance.scale = 100.0  # CFG: eps_u + scale (eps_c - eps_u); paper's omega = scale - 1.
+  guidance.scale = 100.0  # eps_u + scale (eps_c - eps_u); paper omega+1.
   guidance.t_min = 0.02  # Lowest diffusion time, fraction of the schedule.
   guidance.t_max = 0.98  # Highest diffusion time, fraction of the schedule.
-  guidance.weighting = 'sigma2'  # w(t): 'sigma2' (paper), 'uniform', 'snr_sqrt' (alpha_t sigma_t).
+  guidance.weighting = 'sigma2'  # 'sigma2' (paper), 'uniform', 'snr_sqrt'..
   guidance.view_prompts = True  # Append ', front view' etc. to the prompt.
 
   # The offline toy world (guidance.model = 'toy').

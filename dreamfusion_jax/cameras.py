@@ -135,7 +135,7 @@ def sample_cameras(key, camera_config: ml_collections.ConfigDict,
 
 
 def _azimuth_right(azimuth_deg):
-  """The right vector of an upright camera at this azimuth: [...] -> [..., 3]."""
+  """Right vector of an upright camera at this azimuth: [...] -> [..., 3]."""
   az = jnp.deg2rad(azimuth_deg)
   return jnp.stack([-jnp.sin(az), jnp.cos(az), jnp.zeros_like(az)], axis=-1)
 
@@ -204,7 +204,7 @@ def generate_rays(cameras: Cameras,
 
 
 def project(cameras: Cameras, points, resolution: int):
-  """World points [..., P, 3] to pixel coordinates (x right, y down) [..., P, 2].
+  """World points [..., P, 3] to pixels [..., P, 2] (x right, y down).
 
   The inverse of `generate_rays`: the centre of pixel (i, j) maps to
   (j + 0.5, i + 0.5).
@@ -245,4 +245,5 @@ def validate(camera_config: ml_collections.ConfigDict) -> None:
   for name in ('position_jitter', 'target_jitter', 'up_jitter',
                'light_direction_std'):
     if c[name] < 0:
-      raise errors.UserError(f'camera.{name} = {c[name]} is negative; use >= 0.')
+      raise errors.UserError(
+          f'camera.{name} = {c[name]} is negative; use >= 0.')

@@ -3,7 +3,8 @@
 A shading mode is three numbers per view, so the mode is chosen inside jit
 from a key with arithmetic instead of Python branches:
 
-  c = rho' * (diffuse * max(0, n . l) + ambient),  rho' = 1 if textureless else rho
+  c = rho' * (diffuse * max(0, n . l) + ambient),
+  rho' = 1 if textureless else rho.
 
 Albedo only is (ambient 1, diffuse 0), which ignores the light; the paper's
 lit mode is (0.1, 0.9); textureless replaces the albedo by white.
