@@ -117,7 +117,8 @@ def get_config() -> ml_collections.ConfigDict:
   optim.eps = 1e-15  # Adam epsilon (small: SDS gradients are tiny).
   optim.grad_clip = 1.0  # Global-norm clip; 0 disables.
   optim.hashgrid_lr_multiplier = 10.0  # Hash tables' lr relative to MLPs.
-  optim.max_bad_steps = 20  # Non-finite updates in a row before stopping.
+  optim.max_bad_steps = 20  # Non-finite updates in a row to stop (checked
+  # at log and checkpoint steps).
 
   # Logging.
   config.log = log = ml_collections.ConfigDict()

@@ -447,7 +447,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         if writer is not None:
           for name, value in metrics.items():
             writer.add_scalar(name, float(value), step)
-      if int(state.bad_steps) >= config.optim.max_bad_steps:
+      # Reading a device value syncs the host, so the divergence check runs
+      # only where the loop syncs anyway: at log and checkpoint steps.
+      due = (step % config.log.every_steps == 0 or last or
+             step % config.checkpoint.every_steps == 0)
+      if due and int(state.bad_steps) >= config.optim.max_bad_steps:
         raise errors.UserError(
             f'training stopped at step {step}: {int(state.bad_steps)} '
             'non-finite updates in a row; the last good checkpoint '
