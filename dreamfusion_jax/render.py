@@ -92,8 +92,8 @@ def compositing_weights(density, delta):
 
 def render_rays(model: field_lib.NeRF, params, origins, directions,
                 light_position, shading: shading_lib.ShadingParams, *,
-                key, num_samples: int,
-                scene_radius: float) -> Dict[str, jax.Array]:
+                key, num_samples: int, scene_radius: float,
+                normals: bool = True) -> Dict[str, jax.Array]:
   """Renders rays through the field.
 
   Args:
@@ -107,6 +107,9 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
       [B, ...]), or None for bin centres.
     num_samples: samples per ray.
     scene_radius: radius of the bounding sphere.
+    normals: compute normals (one extra backward pass through the field,
+      about 2.5x the cost of the plain render). With False, the normals
+      returned are zero, which is only right for albedo-only shading.
 
   Returns:
     rgb [..., 3], opacity [...], depth [...] (expected distance, background
@@ -122,10 +125,14 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
                               method=field_lib.NeRF.raw_density_and_albedo)
     return raw, albedo
 
-  raw, vjp_fn, albedo = jax.vjp(raw_fn, points, has_aux=True)
-  (grad_raw,) = vjp_fn(jnp.ones_like(raw))
-  # tau = exp(raw) is monotone in raw, so both gradients share a direction.
-  sample_normals = -numerics.safe_normalize(grad_raw)
+  if normals:
+    raw, vjp_fn, albedo = jax.vjp(raw_fn, points, has_aux=True)
+    (grad_raw,) = vjp_fn(jnp.ones_like(raw))
+    # tau = exp(raw) is monotone in raw, so both gradients share a direction.
+    sample_normals = -numerics.safe_normalize(grad_raw)
+  else:
+    raw, albedo = raw_fn(points)
+    sample_normals = jnp.zeros_like(points)
   density = numerics.safe_exp(raw)
 
   per_sample = jax.tree.map(lambda a: jnp.asarray(a)[..., None], shading)
@@ -149,13 +156,15 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
 
 def render_views(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
                  shading: shading_lib.ShadingParams, *, key, resolution: int,
-                 num_samples: int, scene_radius: float) -> Dict[str, jax.Array]:
+                 num_samples: int, scene_radius: float,
+                 normals: bool = True) -> Dict[str, jax.Array]:
   """Renders a batch of cameras, one shading mode per camera.
 
   Args:
     cams: Cameras with leading shape [B].
     shading: ShadingParams with fields of shape [B].
     key: PRNG key for stratified sampling, [B] keys (one per view), or None.
+    normals: as in `render_rays`.
 
   Returns:
     The outputs of `render_rays` with leading shape [B, H, W]; directions
@@ -167,7 +176,7 @@ def render_views(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
                            origins.shape)
   out = render_rays(model, params, origins, directions, light, per_ray,
                     key=key, num_samples=num_samples,
-                    scene_radius=scene_radius)
+                    scene_radius=scene_radius, normals=normals)
   out['directions'] = directions
   return out
 

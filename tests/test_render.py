@@ -110,6 +110,36 @@ def test_normals_of_a_smooth_ball_point_outward():
   assert float(jnp.where(out['weights'] > 1e-3, cos, 1.0).min()) > 0.99
 
 
+def test_albedo_render_without_normals_matches_the_full_render():
+  # Albedo shading ignores normals, so skipping their backward pass must
+  # change nothing else, value or gradient.
+  config = default.get_config()
+  config.nerf.mlp_width, config.nerf.mlp_blocks = 16, 1
+  model = field.make_model(config)
+  params = field.init_params(jax.random.key(0), model)
+  cams = cameras.sample_cameras(jax.random.key(1), config.camera, 2)
+
+  def loss(params, normals):
+    out = render.render_views(model, params, cams, shading.albedo_only((2,)),
+                              key=jax.random.key(2), resolution=8,
+                              num_samples=16, scene_radius=1.4,
+                              normals=normals)
+    return jnp.sum(out['rgb'] ** 2) + jnp.sum(out['opacity']), out
+
+  (value, with_n), grad = jax.value_and_grad(loss, has_aux=True)(params, True)
+  (value_no, without_n), grad_no = jax.value_and_grad(
+      loss, has_aux=True)(params, False)
+  np.testing.assert_allclose(value_no, value, rtol=1e-6)
+  for name in ('rgb', 'opacity', 'depth', 'weights'):
+    np.testing.assert_allclose(without_n[name], with_n[name], rtol=1e-5,
+                               atol=1e-7)
+  assert float(jnp.abs(with_n['sample_normals']).max()) > 0.5
+  assert float(jnp.abs(without_n['sample_normals']).max()) == 0.0
+  for a, b in zip(jax.tree.leaves(grad_no), jax.tree.leaves(grad)):
+    # float32 sums in another order: compare against each leaf's scale.
+    np.testing.assert_allclose(a, b, atol=1e-4 * float(jnp.abs(b).max()))
+
+
 def test_textureless_renders_are_grey_and_albedo_ignores_light():
   config = default.get_config()
   config.nerf.mlp_width = 32

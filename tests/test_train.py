@@ -92,6 +92,30 @@ def tiny_setup():
                                                           mesh)
 
 
+_NO_ORIENTATION = {'loss.orientation_weight_start': 0.0,
+                   'loss.orientation_weight_end': 0.0}
+
+
+@pytest.mark.parametrize('overrides, expected', [
+    ({}, True),  # Lit views after step 5 and the orientation loss.
+    (_NO_ORIENTATION, True),  # Lit views after step 5.
+    ({'shading.albedo_steps': 10}, True),  # The orientation loss.
+    ({'shading.albedo_steps': 10, 'loss.orientation_weight_end': 0.0},
+     True),  # Its ramp starts above 0.
+    ({'shading.albedo_steps': 10, **_NO_ORIENTATION}, False),
+    ({'shading.lit_prob': 0.0, **_NO_ORIENTATION}, False),
+])
+def test_normals_are_rendered_only_when_something_uses_them(overrides,
+                                                            expected):
+  config = tiny.get_config()
+  config.num_steps = 10
+  config.shading.albedo_steps = 5
+  for key, value in overrides.items():
+    group, name = key.split('.')
+    config[group][name] = value
+  assert train.needs_normals(config) == expected
+
+
 def test_step_is_traced_once_and_prior_is_untouched(tiny_setup):
   state, key, prior, make_step = tiny_setup
   step_fn = make_step()
