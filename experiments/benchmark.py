@@ -10,7 +10,8 @@ global batch is N x batch_per_device. Each process times, after one warm-up
 call, over --steps calls, each jitted and waited for with block_until_ready:
 
   render     forward + backward of rendering one device's views
-             (render.render_views, gradient of the mean colour),
+             (render.render_views, gradient of the mean colour; normals
+             only where train.needs_normals says the step computes them),
   encode     forward + backward of prior.encode on those renders (resize for
              pixel priors, the VAE encoder for latent ones),
   unet       prior.predict_noise forward at the CFG batch 2 x views,
@@ -107,7 +108,7 @@ def measure(config, num_devices: int, steps: int) -> dict:
     out = render.render_views(
         model, params, cams, mode, key=jax.random.split(k_render, batch),
         resolution=r.resolution, num_samples=r.num_samples,
-        scene_radius=r.scene_radius)
+        scene_radius=r.scene_radius, normals=train.needs_normals(config))
     return jnp.mean(out['rgb']), out['rgb']
 
   render_grad = jax.jit(jax.grad(render_loss, has_aux=True))
