@@ -1,7 +1,8 @@
 """The toy-world evaluation and the checkpoint renderer of the CLIP metric.
 
 One tiny run (configs/tiny.py, 2 steps) is trained once per module and
-shared; the full five-prompt table is a slow test.
+shared; one default toy run checks the whole method end to end; the full
+five-prompt table is a slow test.
 """
 
 import json
@@ -119,21 +120,56 @@ def test_non_toy_config_is_refused(tmp_path):
     evaluate.toy_evaluate(config, tmp_path, ['a red cube'], [0])
 
 
-@pytest.mark.slow
-def test_full_toy_table(tmp_path):
-  """The issue's targets on all five prompts, one seed (tens of minutes)."""
+def test_default_toy_run_recovers_the_sphere(tmp_path):
+  """End to end: configs/toy.py as shipped learns the sphere's shape and colour.
+
+  A few minutes: the default run without its export, scored like the
+  table's runs (occupancy at density > 5 on a 64^3 grid).
+  """
+  config = toy.get_config()
+  assert config.prompt == 'a blue sphere'
+  results = evaluate.toy_evaluate(config, tmp_path, [config.prompt], [0])
+  (run,) = results['runs']
+  assert run['step'] == config.num_steps
+  assert run['iou'] >= 0.6, run
+  # The sphere's albedo is (0.1, 0.2, 0.8); grey (0.5) would score 0.33.
+  assert run['albedo_error'] <= 0.1, run
+
+
+def _evaluate(root, prompts, seeds):
+  """experiments/evaluate.py --mode=toy with configs/toy.py; the results."""
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   env.pop('XLA_FLAGS', None)
   proc = subprocess.run(
       [sys.executable, str(ROOT / 'experiments' / 'evaluate.py'),
-       '--mode=toy', f'--root={tmp_path}', '--seeds=0',
-       f"--config={ROOT / 'configs' / 'toy.py'}"],
+       '--mode=toy', f'--root={root}', f"--prompts={','.join(prompts)}",
+       f'--seeds={seeds}', f"--config={ROOT / 'configs' / 'toy.py'}"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=7200)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  for prompt in evaluate.TOY_PROMPTS:
+  for prompt in prompts:
     assert prompt in proc.stdout
-  with open(tmp_path / evaluate.TOY_RESULTS) as f:
-    iou = {p: row['iou_mean'] for p, row in json.load(f)['prompts'].items()}
+  with open(root / evaluate.TOY_RESULTS) as f:
+    return json.load(f)['prompts']
+
+
+@pytest.mark.slow
+def test_full_toy_table(tmp_path):
+  """The shape targets, mean IoU over seeds 0-2 (about 25 minutes)."""
+  rows = _evaluate(tmp_path, ['a blue sphere', 'a red cube', 'a green cone',
+                              'a yellow torus'], '0,1,2')
+  iou = {p: row['iou_mean'] for p, row in rows.items()}
   for prompt in ('a blue sphere', 'a red cube', 'a green cone'):
     assert iou[prompt] >= 0.7, iou
   assert iou['a yellow torus'] >= 0.5, iou
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    'Out of reach at 32x32 (README, toy world results): the nose, about one '
+    'pixel wide, shows as orange paint on the front of the head, with no '
+    'density > 5 in front of it.'))
+def test_snowman_has_its_nose_on_the_front(tmp_path):
+  """The Janus target: nose on the front in at least 4 of 5 seeds (10 min)."""
+  row = _evaluate(tmp_path, [evaluate.SNOWMAN], '0,1,2,3,4')[evaluate.SNOWMAN]
+  assert row['nose_front'] >= 4, row
+  assert row['nose_back'] <= 1, row
