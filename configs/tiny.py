@@ -21,7 +21,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.nerf.mlp_width = 16
   config.nerf.mlp_blocks = 1
   config.nerf.num_frequencies = 2
+  # Every part of the step runs: lit and textureless views after step 2,
+  # with their normals and the orientation loss (the toy default has none).
   config.shading.albedo_steps = 2
+  config.shading.lit_prob = 0.75
+  config.loss.orientation_weight_start = 1e-4
+  config.loss.orientation_weight_end = 1e-2
   config.toy.images_per_view = 4
   config.toy.supersample = 1
   config.optim.warmup_steps = 2

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
 from configs import tiny
 from dreamfusion_jax import checkpoint
 from dreamfusion_jax import errors
@@ -107,7 +108,7 @@ _NO_ORIENTATION = {'loss.orientation_weight_start': 0.0,
 ])
 def test_normals_are_rendered_only_when_something_uses_them(overrides,
                                                             expected):
-  config = tiny.get_config()
+  config = default.get_config()  # Lit views and the orientation loss.
   config.num_steps = 10
   config.shading.albedo_steps = 5
   for key, value in overrides.items():
