@@ -135,11 +135,10 @@ def needs_normals(config: ml_collections.ConfigDict) -> bool:
   A run that is albedo-only throughout with no orientation loss renders
   without them, about 2.5x faster.
   """
-  c = config.loss
   lit = (config.shading.albedo_steps < config.num_steps and
          config.shading.lit_prob > 0)
-  return bool(lit or c.orientation_weight_start > 0 or
-              c.orientation_weight_end > 0)
+  # schedules.orientation_weight is 0 throughout when its end weight is.
+  return bool(lit or config.loss.orientation_weight_end > 0)
 
 
 def _batch_loss(params, prior, keys, step, *, model, config):

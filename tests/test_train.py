@@ -102,7 +102,7 @@ _NO_ORIENTATION = {'loss.orientation_weight_start': 0.0,
     (_NO_ORIENTATION, True),  # Lit views after step 5.
     ({'shading.albedo_steps': 10}, True),  # The orientation loss.
     ({'shading.albedo_steps': 10, 'loss.orientation_weight_end': 0.0},
-     True),  # Its ramp starts above 0.
+     False),  # An end weight of 0 turns the loss off, whatever the start.
     ({'shading.albedo_steps': 10, **_NO_ORIENTATION}, False),
     ({'shading.lit_prob': 0.0, **_NO_ORIENTATION}, False),
 ])
