@@ -85,6 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   guidance.scale = 100.0  # eps_u + scale (eps_c - eps_u); paper omega+1.
   guidance.t_min = 0.02  # Lowest diffusion time, fraction of the schedule.
   guidance.t_max = 0.98  # Highest diffusion time, fraction of the schedule.
+  # If set, t_max falls linearly to this over training (low t late = detail).
+  guidance.t_max_end = ml_collections.config_dict.placeholder(float)
   guidance.weighting = 'sigma2'  # 'sigma2' (paper), 'uniform', 'snr_sqrt'..
   guidance.view_prompts = True  # Append ', front view' etc. to the prompt.
 
@@ -105,6 +107,7 @@ def get_config() -> ml_collections.ConfigDict:
   loss.orientation_ramp_fraction = 1.0 / 3.0  # Ramp length, share of num_steps.
   loss.opacity_weight = 0.0  # sqrt(opacity^2 + 0.01) sparsity weight.
   loss.entropy_weight = 0.0  # Binary entropy of opacity weight.
+  loss.distortion_weight = 0.0  # mip-NeRF 360 distortion (sharp surfaces).
 
   # Optimiser.
   config.optim = optim = ml_collections.ConfigDict()

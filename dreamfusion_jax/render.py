@@ -114,7 +114,8 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
   Returns:
     rgb [..., 3], opacity [...], depth [...] (expected distance, background
     counted as 0), normals [..., 3] (composited), weights [..., N],
-    sample_normals [..., N, 3], t [..., N] (sample distances).
+    sample_normals [..., N, 3], t [..., N] (sample distances), delta
+    [..., N] (the widths of the samples' bins).
   """
   near, far = intersect_sphere(origins, directions, scene_radius)
   t, delta = stratified_samples(key, near, far, num_samples)
@@ -151,6 +152,7 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
       'weights': weights,
       'sample_normals': sample_normals,
       't': t,
+      'delta': delta,
   }
 
 
@@ -202,7 +204,7 @@ def _render_image(model, params, cam, shading, resolution, num_samples,
     o, d, l = args
     out = render_rays(model, params, o, d, l, shading, key=None,
                       num_samples=num_samples, scene_radius=scene_radius)
-    del out['weights'], out['sample_normals'], out['t']
+    del out['weights'], out['sample_normals'], out['t'], out['delta']
     return out
 
   out = jax.lax.map(one_chunk, (flat(origins), flat(directions), flat(light)))

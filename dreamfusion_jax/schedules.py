@@ -39,3 +39,19 @@ def orientation_weight(step, loss_config: ml_collections.ConfigDict,
   end = jnp.log(jnp.maximum(c.orientation_weight_end, 1e-30))
   weight = jnp.exp(start + frac * (end - start))
   return jnp.where(c.orientation_weight_end > 0, weight, 0.0)
+
+
+def t_max(step, guidance_config: ml_collections.ConfigDict, num_steps: int):
+  """Highest diffusion time (fraction of the schedule) at `step`.
+
+  guidance.t_max throughout, or, when guidance.t_max_end is set, a linear
+  fall from t_max at step 0 to t_max_end at the last step. Late in training
+  the render is already the right object, and small t (little noise) is
+  where the prior says most about fine detail and sharp edges; large t only
+  re-asks about the coarse layout.
+  """
+  g = guidance_config
+  if g.t_max_end is None:
+    return jnp.asarray(g.t_max, jnp.float32)
+  frac = jnp.clip(step / max(num_steps - 1, 1), 0.0, 1.0)
+  return g.t_max + frac * (g.t_max_end - g.t_max)

@@ -167,11 +167,12 @@ def _batch_loss(params, prior, keys, step, *, model, config):
       scene_radius=config.render.scene_radius,
       normals=needs_normals(config))
   g = config.guidance
+  t_max = schedules.t_max(step, g, config.num_steps)
 
   def one_view(image, azimuth, elevation, key):
     loss, aux = sds.sds_loss(prior, image[None], azimuth[None],
                              elevation[None], key, scale=g.scale,
-                             t_min=g.t_min, t_max=g.t_max,
+                             t_min=g.t_min, t_max=t_max,
                              weighting=g.weighting)
     return loss[0], jax.tree.map(lambda a: a[0], aux)
 
@@ -181,22 +182,27 @@ def _batch_loss(params, prior, keys, step, *, model, config):
                               out['directions'])
   opacity = losses.opacity(out['opacity'])
   entropy = losses.entropy(out['opacity'])
+  distortion = losses.distortion(out['weights'], out['t'], out['delta'],
+                                 2.0 * config.render.scene_radius)
   w_orient = schedules.orientation_weight(step, config.loss, config.num_steps)
   total = (jnp.mean(sds_loss) + w_orient * orient +
            config.loss.opacity_weight * opacity +
-           config.loss.entropy_weight * entropy)
+           config.loss.entropy_weight * entropy +
+           config.loss.distortion_weight * distortion)
   metrics = {
       'train/loss': total,
       'train/sds': jnp.mean(sds_loss),
       'train/orientation': orient,
       'train/opacity': opacity,
       'train/entropy': entropy,
+      'train/distortion': distortion,
       'train/mean_opacity': jnp.mean(out['opacity']),
       'train/residual_norm': jnp.mean(aux['residual_norm']),
       'train/t': jnp.mean(aux['t_frac']),
       'train/textureless': jnp.mean(mode.textureless),
       'train/lit': jnp.mean((mode.diffuse > 0).astype(jnp.float32)),
       'schedule/orientation_weight': w_orient,
+      'schedule/t_max': t_max,
   }
   return total, metrics
 
@@ -270,6 +276,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f'guidance.t_min = {g.t_min} and guidance.t_max = {g.t_max} must '
         'satisfy 0 <= t_min < t_max <= 1; the paper uses 0.02 and 0.98.')
+  if g.t_max_end is not None and not g.t_min < g.t_max_end <= g.t_max:
+    raise errors.UserError(
+        f'guidance.t_max_end = {g.t_max_end} must lie in (t_min, t_max] = '
+        f'({g.t_min}, {g.t_max}]; leave it unset for a constant t_max.')
   if g.scale < 0:
     raise errors.UserError(
         f'guidance.scale = {g.scale} is negative; use 0 (no guidance) or '

@@ -213,6 +213,8 @@ def test_launcher_with_tiny_stable_diffusion_writes_everything(tmp_path):
 @pytest.mark.parametrize('key,value,match', [
     ('num_steps', 0, 'num_steps'),
     ('guidance.t_min', 0.99, 't_min'),
+    ('guidance.t_max_end', 0.01, 't_max_end'),
+    ('guidance.t_max_end', 0.99, 't_max_end'),
     ('guidance.scale', -1.0, 'guidance.scale'),
     ('guidance.weighting', 'snr', 'guidance.weighting'),
     ('prompt', '  ', 'prompt is empty'),
