@@ -108,6 +108,9 @@ def get_config() -> ml_collections.ConfigDict:
   loss.opacity_weight = 0.0  # sqrt(opacity^2 + 0.01) sparsity weight.
   loss.entropy_weight = 0.0  # Binary entropy of opacity weight.
   loss.distortion_weight = 0.0  # mip-NeRF 360 distortion (sharp surfaces).
+  # Fractions of training over which that weight ramps up linearly from 0;
+  # (0, 0): the full weight from the first step.
+  loss.distortion_ramp = (0.0, 0.0)
 
   # Optimiser.
   config.optim = optim = ml_collections.ConfigDict()

@@ -41,6 +41,25 @@ def orientation_weight(step, loss_config: ml_collections.ConfigDict,
   return jnp.where(c.orientation_weight_end > 0, weight, 0.0)
 
 
+def distortion_weight(step, loss_config: ml_collections.ConfigDict,
+                      num_steps: int):
+  """Distortion-loss weight: 0 until a fraction of training, then ramped.
+
+  With loss.distortion_ramp = (a, b), the weight is 0 before a * num_steps,
+  rises linearly to loss.distortion_weight at b * num_steps and stays there;
+  a = b is a step at a. A dense, sharp surface passes little gradient (its
+  first sample is already opaque), so sharpening before the coarse shape
+  has settled can freeze early mistakes, such as a filled-in hole.
+  """
+  c = loss_config
+  start, end = (f * num_steps for f in c.distortion_ramp)
+  if end > start:
+    frac = jnp.clip((step - start) / (end - start), 0.0, 1.0)
+  else:
+    frac = jnp.where(step >= start, 1.0, 0.0)
+  return c.distortion_weight * frac
+
+
 def t_max(step, guidance_config: ml_collections.ConfigDict, num_steps: int):
   """Highest diffusion time (fraction of the schedule) at `step`.
 

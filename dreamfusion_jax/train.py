@@ -185,10 +185,12 @@ def _batch_loss(params, prior, keys, step, *, model, config):
   distortion = losses.distortion(out['weights'], out['t'], out['delta'],
                                  2.0 * config.render.scene_radius)
   w_orient = schedules.orientation_weight(step, config.loss, config.num_steps)
+  w_distortion = schedules.distortion_weight(step, config.loss,
+                                             config.num_steps)
   total = (jnp.mean(sds_loss) + w_orient * orient +
            config.loss.opacity_weight * opacity +
            config.loss.entropy_weight * entropy +
-           config.loss.distortion_weight * distortion)
+           w_distortion * distortion)
   metrics = {
       'train/loss': total,
       'train/sds': jnp.mean(sds_loss),
@@ -203,6 +205,7 @@ def _batch_loss(params, prior, keys, step, *, model, config):
       'train/lit': jnp.mean((mode.diffuse > 0).astype(jnp.float32)),
       'schedule/orientation_weight': w_orient,
       'schedule/t_max': t_max,
+      'schedule/distortion_weight': w_distortion,
   }
   return total, metrics
 
@@ -280,6 +283,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f'guidance.t_max_end = {g.t_max_end} must lie in (t_min, t_max] = '
         f'({g.t_min}, {g.t_max}]; leave it unset for a constant t_max.')
+  ramp = tuple(config.loss.distortion_ramp)
+  if config.loss.distortion_weight < 0 or not 0.0 <= ramp[0] <= ramp[1] <= 1.0:
+    raise errors.UserError(
+        f'loss.distortion_weight = {config.loss.distortion_weight} must be '
+        f'>= 0 and loss.distortion_ramp = {ramp} must be fractions (a, b) '
+        'of training with 0 <= a <= b <= 1.')
   if g.scale < 0:
     raise errors.UserError(
         f'guidance.scale = {g.scale} is negative; use 0 (no guidance) or '

@@ -22,3 +22,15 @@ def test_t_max_falls_linearly_from_start_to_end():
   np.testing.assert_allclose(np.diff(values), -0.006, atol=1e-6)
   # A resumed or extended run past the last step holds the end value.
   assert abs(float(schedules.t_max(150, g, 101)) - 0.3) < 1e-6
+
+
+def test_distortion_weight_is_off_then_ramps_to_its_full_value():
+  c = default.get_config().loss
+  c.distortion_weight = 100.0
+  weight = lambda s: float(schedules.distortion_weight(s, c, 1000))
+  assert [weight(s) for s in (0, 999)] == [100.0, 100.0]  # (0, 0): constant.
+  c.distortion_ramp = (0.4, 0.8)
+  np.testing.assert_allclose([weight(s) for s in (0, 399, 400, 600, 800, 999)],
+                             [0.0, 0.0, 0.0, 50.0, 100.0, 100.0], atol=1e-4)
+  c.distortion_ramp = (0.5, 0.5)
+  assert [weight(s) for s in (499, 500)] == [0.0, 100.0]

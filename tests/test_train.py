@@ -215,6 +215,8 @@ def test_launcher_with_tiny_stable_diffusion_writes_everything(tmp_path):
     ('guidance.t_min', 0.99, 't_min'),
     ('guidance.t_max_end', 0.01, 't_max_end'),
     ('guidance.t_max_end', 0.99, 't_max_end'),
+    ('loss.distortion_ramp', (0.8, 0.2), 'distortion_ramp'),
+    ('loss.distortion_weight', -1.0, 'distortion_weight'),
     ('guidance.scale', -1.0, 'guidance.scale'),
     ('guidance.weighting', 'snr', 'guidance.weighting'),
     ('prompt', '  ', 'prompt is empty'),
