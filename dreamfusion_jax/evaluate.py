@@ -492,7 +492,8 @@ def score_toy_run(workdir: PathLike, prompt: str, threshold: float,
   albedo_fn = lambda points: field(params, points)[1]
   return {
       'iou': toy_metrics.iou(prompt, density_fn, threshold, resolution),
-      'albedo_error': toy_metrics.albedo_error(prompt, albedo_fn),
+      'albedo_error': toy_metrics.albedo_error(prompt, albedo_fn,
+                                               density_fn=density_fn),
       'janus': (toy_metrics.janus_check(density_fn, albedo_fn, threshold)
                 if prompt == SNOWMAN else None),
   }

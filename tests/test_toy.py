@@ -437,6 +437,26 @@ def test_albedo_error():
       0.5, abs=1e-6)
 
 
+def test_seen_albedo_error_scores_the_surface_the_rays_find():
+  name = 'a blue sphere'
+  # A sharp sphere of radius 0.47 (inside the true 0.5), blue inside radius
+  # 0.48 and red outside: its own albedo at the true surface is red, but
+  # every ray along the inward normal sees blue.
+  density = lambda p: jnp.where(jnp.linalg.norm(p, axis=-1) < 0.47, 1e4, 0.0)
+  def albedo(p):
+    inside = jnp.linalg.norm(p, axis=-1, keepdims=True) < 0.48
+    return jnp.where(inside, jnp.array(objects.BLUE), jnp.array(objects.RED))
+  assert metrics.albedo_error(name, albedo, 256) > 0.4
+  assert metrics.albedo_error(name, albedo, 256,
+                              density_fn=density) == pytest.approx(0.0,
+                                                                   abs=1e-4)
+  # No surface within reach: the rays see the grey background.
+  empty = lambda p: jnp.zeros(p.shape[:-1])
+  grey = np.mean(np.abs(np.array(objects.BLUE) - 0.5))
+  assert metrics.albedo_error(name, albedo, 256, density_fn=empty) == (
+      pytest.approx(grey, abs=1e-5))
+
+
 def test_janus_check():
   name = 'a snowman'
   right = metrics.janus_check(_true_density(name), _true_albedo(name), 5.0)

@@ -12,7 +12,9 @@ Metrics:
                 {sdf < 0} on the cell centres of a regular grid over
                 [-bound, bound]^3.
   albedo_error  mean absolute albedo error (over points and channels) on the
-                true surface.
+                true surface: of the field's albedo there, or (given the
+                density too) of the albedo a ray along the inward normal
+                sees there.
   janus_check   for the snowman: does the generated object have a nose on
                 the front (+x), and one on the back (-x)? The right answer is
                 front only; a nose on both sides is the Janus problem.
@@ -127,22 +129,58 @@ def surface_points(name: str, num_points: int, key=None) -> np.ndarray:
 
 
 def albedo_error(name: str, albedo_fn: AlbedoFn, num_points: int = 4096,
-                 key=None) -> float:
-  """Mean |albedo_fn(x) - albedo(x)| over true-surface points and channels.
+                 key=None, density_fn: DensityFn = None,
+                 depth: float = 0.1, background: float = 0.5) -> float:
+  """Mean |albedo - true albedo| over true-surface points and channels.
+
+  Without density_fn, the albedo is albedo_fn at each true-surface point.
+  A field with a sharp surface a little inside the true one then gets
+  scored on the colour of its empty space there, which nothing constrains.
+  With density_fn, it is the albedo a ray sees there: the point's ray along
+  the true inward normal, from `depth` outside the surface to `depth`
+  inside (64 samples), composited over a grey `background`, so a generated
+  surface within `depth` of the true one is scored on its own colour and a
+  missing one on the background's.
 
   Args:
     name: the toy prompt whose object is the ground truth.
     albedo_fn: points [N, 3] -> [N, 3] albedo in [0, 1].
     num_points: surface points (see surface_points).
     key: PRNG key for the points; None means a fixed key.
+    density_fn: points [N, 3] -> [N] density, or None.
+    depth: half-length of the rays (units of the scene).
+    background: grey level behind the rays.
 
   Returns:
     The mean absolute error, in [0, 1].
   """
   points = surface_points(name, num_points, key)
-  generated = _apply(albedo_fn, points)
   truth = np.asarray(objects.albedo(name, points))
+  if density_fn is None:
+    generated = _apply(albedo_fn, points)
+  else:
+    generated = _seen_albedo(name, points, albedo_fn, density_fn, depth,
+                             background)
   return float(np.mean(np.abs(generated - truth)))
+
+
+def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
+                 num_samples: int = 64) -> np.ndarray:
+  """Albedo composited along inward-normal rays through `points`: [N, 3]."""
+  n = np.asarray(raytrace.normals(objects.prompt_index(name),
+                                  jnp.asarray(points)))
+  delta = 2.0 * depth / num_samples
+  s = depth - (np.arange(num_samples) + 0.5) * delta  # Outside to inside.
+  samples = (points[:, None, :] + s[None, :, None] * n[:, None, :]).reshape(
+      -1, 3).astype(np.float32)
+  density = _apply(density_fn, samples).reshape(len(points), num_samples)
+  albedo = _apply(albedo_fn, samples).reshape(len(points), num_samples, 3)
+  optical = np.maximum(density, 0.0) * delta
+  transmittance = np.exp(-np.concatenate(
+      [np.zeros_like(optical[:, :1]), np.cumsum(optical, -1)[:, :-1]], -1))
+  weights = (1.0 - np.exp(-optical)) * transmittance
+  opacity = weights.sum(-1, keepdims=True)
+  return (weights[..., None] * albedo).sum(1) + (1.0 - opacity) * background
 
 
 def _nose_box(resolution: int, side: float) -> np.ndarray:
