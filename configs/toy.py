@@ -22,7 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.prompt = 'a blue sphere'
   # The torus needs the steps to open its hole (IoU 0.43 at 600 steps, 0.59
   # to 0.62 at 1000); the sphere is as good at 600 (its density > 5 core
-  # shrinks slightly as the field softens: 0.73 at 600, 0.65 to 0.72 at 1000).
+  # shrinks slightly as the field softens: 0.73 at 600, 0.65 to 0.72 at 1000,
+  # before the distortion loss below kept it sharp).
   config.num_steps = 1000
 
   # Cameras stay outside the scene's bounding sphere (as peers set Stable
