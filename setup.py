@@ -37,7 +37,8 @@ setuptools.setup(
         'tensorboardX>=2.6',
     ],
     extras_require={
-        'test': ['pytest>=8', 'pytest-xdist>=3.5'],
+        # IPython: the notebook test runs the Colab notebook's cells.
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ipython>=8'],
         # Accelerator builds of jax; pick the one matching the machine.
         'cuda12': ['jax[cuda12]'],
         'cuda13': ['jax[cuda13]'],
