@@ -437,6 +437,18 @@ def test_albedo_error():
       0.5, abs=1e-6)
 
 
+def test_surface_points_are_uniform_in_area():
+  # Archimedes: a cap of height r / 2 holds a quarter of a sphere's area.
+  p = metrics.surface_points('a blue sphere', 4096)
+  assert np.mean(p[:, 2] / np.linalg.norm(p, axis=-1) > 0.5) == pytest.approx(
+      0.25, abs=0.03)
+  # Cube of half-size 0.4: the band within 0.03 of an edge is 1 - (0.74 /
+  # 0.8)^2 = 14.4% of each face. Projecting points from the whole bounding
+  # cube would put half of them there.
+  p = np.sort(np.abs(metrics.surface_points('a red cube', 4096)), axis=-1)
+  assert np.mean(p[:, 2] - p[:, 1] < 0.03) == pytest.approx(0.144, abs=0.03)
+
+
 def test_seen_albedo_error_scores_the_surface_the_rays_find():
   name = 'a blue sphere'
   # A sharp sphere of radius 0.47 (inside the true 0.5), blue inside radius
