@@ -283,12 +283,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f'guidance.t_max_end = {g.t_max_end} must lie in (t_min, t_max] = '
         f'({g.t_min}, {g.t_max}]; leave it unset for a constant t_max.')
-  ramp = tuple(config.loss.distortion_ramp)
-  if config.loss.distortion_weight < 0 or not 0.0 <= ramp[0] <= ramp[1] <= 1.0:
+  if config.loss.distortion_weight < 0:
     raise errors.UserError(
-        f'loss.distortion_weight = {config.loss.distortion_weight} must be '
-        f'>= 0 and loss.distortion_ramp = {ramp} must be fractions (a, b) '
-        'of training with 0 <= a <= b <= 1.')
+        f'loss.distortion_weight = {config.loss.distortion_weight} is '
+        'negative; use 0 (off) or a positive weight.')
+  ramp = tuple(config.loss.distortion_ramp)
+  if len(ramp) != 2 or not 0.0 <= ramp[0] <= ramp[1] <= 1.0:
+    raise errors.UserError(
+        f'loss.distortion_ramp = {ramp} must be two fractions of training '
+        '(a, b) with 0 <= a <= b <= 1, e.g. (0.5, 0.8).')
   if g.scale < 0:
     raise errors.UserError(
         f'guidance.scale = {g.scale} is negative; use 0 (no guidance) or '

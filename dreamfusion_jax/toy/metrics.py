@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamfusion_jax import render
 from dreamfusion_jax.toy import objects
 from dreamfusion_jax.toy import raytrace
 
@@ -182,10 +183,8 @@ def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
       -1, 3).astype(np.float32)
   density = _apply(density_fn, samples).reshape(len(points), num_samples)
   albedo = _apply(albedo_fn, samples).reshape(len(points), num_samples, 3)
-  optical = np.maximum(density, 0.0) * delta
-  transmittance = np.exp(-np.concatenate(
-      [np.zeros_like(optical[:, :1]), np.cumsum(optical, -1)[:, :-1]], -1))
-  weights = (1.0 - np.exp(-optical)) * transmittance
+  weights = np.asarray(render.compositing_weights(
+      jnp.maximum(jnp.asarray(density), 0.0), delta))
   opacity = weights.sum(-1, keepdims=True)
   return (weights[..., None] * albedo).sum(1) + (1.0 - opacity) * background
 
