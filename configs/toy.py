@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   # after step 300 ended far lower (torus IoU 0.25 against 0.62 at density
   # > 5) and ran 3x slower: lit renders need normals, one more backward pass
   # through the field. With no lit views and no orientation loss, training
-  # skips the normals altogether (train.needs_normals).
+  # skips the normals altogether (train_step.needs_normals).
   config.shading.lit_prob = 0.0  # Never lit, whatever num_steps is.
   config.loss.orientation_weight_start = 0.0
   config.loss.orientation_weight_end = 0.0

@@ -6,6 +6,9 @@ weight means the same at any resolution and batch size.
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from dreamfusion_jax import errors
 
 
 def orientation(weights, sample_normals, directions):
@@ -65,3 +68,16 @@ def distortion(weights, t, delta, length):
   between = 2.0 * jnp.sum(weights * (s * w_before - ws_before), axis=-1)
   within = jnp.sum(weights ** 2 * d, axis=-1) / 3.0
   return jnp.mean(between + within)
+
+
+def validate(loss_config: ml_collections.ConfigDict) -> None:
+  """Raises UserError with one sentence for an invalid `loss` group."""
+  if loss_config.distortion_weight < 0:
+    raise errors.UserError(
+        f'loss.distortion_weight = {loss_config.distortion_weight} is '
+        'negative; use 0 (off) or a positive weight.')
+  ramp = tuple(loss_config.distortion_ramp)
+  if len(ramp) != 2 or not 0.0 <= ramp[0] <= ramp[1] <= 1.0:
+    raise errors.UserError(
+        f'loss.distortion_ramp = {ramp} must be two fractions of training '
+        '(a, b) with 0 <= a <= b <= 1, e.g. (0.5, 0.8).')

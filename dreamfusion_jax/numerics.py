@@ -1,12 +1,18 @@
-"""Numerics with finite values and gradients for every input.
+"""Numerics with finite values and gradients, and chunked evaluation.
 
 Rendering and SDS push values to extremes (empty space, saturated density,
-zero-length gradients); these helpers keep forward values and gradients
+zero-length gradients); the safe_* helpers keep forward values and gradients
 finite there, so a bad sample never turns a step into NaN.
+
+`evaluate_points` runs a function of points over any number of them in
+fixed-size chunks, so that it compiles once and memory stays bounded.
 """
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # exp(88) is near float32's maximum; stay well below it.
 _MAX_EXP_INPUT = 40.0
@@ -34,3 +40,55 @@ def safe_normalize(x, axis=-1, eps=1e-20):
 def safe_sqrt(x, eps=1e-20):
   """sqrt(x) for x >= 0 with a finite gradient at 0."""
   return jnp.sqrt(jnp.maximum(x, eps))
+
+
+# Points per evaluation: large enough to keep an accelerator busy, small
+# enough that an MLP's activations for one chunk fit in memory.
+DEFAULT_CHUNK = 65536
+
+PointFn = Callable[[jax.Array], jax.Array]
+
+
+def as_partial(fn: PointFn) -> jax.tree_util.Partial:
+  """Wraps `fn` so that it can be an argument of a jitted function.
+
+  A `jax.tree_util.Partial` carries its bound arguments (e.g. params) as
+  pytree leaves, so they are traced rather than baked into the program as
+  constants; a plain callable is treated as static.
+  """
+  if isinstance(fn, jax.tree_util.Partial):
+    return fn
+  return jax.tree_util.Partial(fn)
+
+
+@jax.jit
+def _apply(fn, points):
+  return fn(points)
+
+
+def evaluate_points(fn: PointFn, points, chunk: int = DEFAULT_CHUNK
+                    ) -> np.ndarray:
+  """Evaluates `fn` on [N, 3] points in fixed-size, zero-padded chunks.
+
+  Every chunk has the same shape, so `fn` compiles once for any N.
+
+  Args:
+    fn: points [C, 3] -> [C, ...]; a plain callable or a
+      `jax.tree_util.Partial` whose bound arguments (params) are traced.
+    points: [N, 3].
+    chunk: points per evaluation (smaller inputs use the next power of two).
+
+  Returns:
+    np.ndarray [N, ...], the stacked outputs.
+  """
+  points = np.asarray(points, np.float32)
+  n = len(points)
+  chunk = int(min(chunk, 2 ** int(np.ceil(np.log2(max(n, 1))))))
+  fn = as_partial(fn)
+  outputs = []
+  for start in range(0, n, chunk):
+    block = points[start:start + chunk]
+    valid = len(block)
+    block = np.pad(block, ((0, chunk - valid), (0, 0)))
+    outputs.append(np.asarray(_apply(fn, block))[:valid])
+  return np.concatenate(outputs, axis=0)

@@ -19,6 +19,7 @@ from typing import Dict, Optional
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from dreamfusion_jax import cameras as cameras_lib
 from dreamfusion_jax import errors
@@ -238,6 +239,31 @@ def render_image(model: field_lib.NeRF, params, cam: cameras_lib.Cameras,
                        render_config.num_samples,
                        float(render_config.scene_radius),
                        min(render_config.chunk, resolution * resolution))
+
+
+def render_cameras(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
+                   resolution: int, render_config: ml_collections.ConfigDict,
+                   shading: Optional[shading_lib.ShadingParams] = None
+                   ) -> Dict[str, np.ndarray]:
+  """`render_image` of each camera of a batch, stacked on the host.
+
+  One camera at a time, so memory holds one image's rays; previews,
+  turntables and evaluation renders all go through here.
+
+  Args:
+    cams: Cameras with leading shape [V] (e.g. `cameras.orbit_cameras`).
+    resolution, render_config, shading: as in `render_image`.
+
+  Returns:
+    numpy rgb [V, H, W, 3], opacity [V, H, W], depth [V, H, W] and normals
+    [V, H, W, 3].
+  """
+  frames = []
+  for i in range(cams.azimuth.shape[0]):
+    cam = jax.tree.map(lambda a, i=i: a[i], cams)
+    frames.append(jax.device_get(render_image(model, params, cam, resolution,
+                                              render_config, shading)))
+  return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
 
 
 def validate(render_config: ml_collections.ConfigDict) -> None:

@@ -11,11 +11,11 @@ call, over --steps calls, each jitted and waited for with block_until_ready:
 
   render     forward + backward of rendering one device's views
              (render.render_views, gradient of the mean colour; normals
-             only where train.needs_normals says the step computes them),
+             only where train_step.needs_normals says the step uses them),
   encode     forward + backward of prior.encode on those renders (resize for
              pixel priors, the VAE encoder for latent ones),
   unet       prior.predict_noise forward at the CFG batch 2 x views,
-  rest       the full train step (train.make_train_step) minus those three:
+  rest       the full step (train_step.make_train_step) minus those three:
              sampling, SDS, regularisers, gradient pmean, optimiser,
 
 and reports the step's compile time, the peak memory (the device's
@@ -80,10 +80,10 @@ def measure(config, num_devices: int, steps: int) -> dict:
   import jax
   import jax.numpy as jnp
   from dreamfusion_jax import cameras
-  from dreamfusion_jax import guidance
+  from dreamfusion_jax import priors
   from dreamfusion_jax import render
   from dreamfusion_jax import shading
-  from dreamfusion_jax import train
+  from dreamfusion_jax import train_step
   from dreamfusion_jax.nerf import field
   # pylint: enable=g-import-not-at-top
   if jax.device_count() != num_devices:
@@ -93,10 +93,10 @@ def measure(config, num_devices: int, steps: int) -> dict:
   batch = config.batch_per_device
   r = config.render
   model = field.make_model(config)
-  tx = train.make_optimizer(config)
-  mesh = train.make_mesh()
-  prior = guidance.load_prior(config)
-  state, base_key = train.initial_state(config.seed, model, tx, mesh)
+  tx = train_step.make_optimizer(config)
+  mesh = train_step.make_mesh()
+  prior = priors.load_prior(config)
+  state, base_key = train_step.initial_state(config.seed, model, tx, mesh)
   # The parts run on one device: they are what each device does per step.
   params = jax.device_put(jax.device_get(state.params), jax.devices()[0])
   key = jax.random.key(0)
@@ -108,7 +108,7 @@ def measure(config, num_devices: int, steps: int) -> dict:
     out = render.render_views(
         model, params, cams, mode, key=jax.random.split(k_render, batch),
         resolution=r.resolution, num_samples=r.num_samples,
-        scene_radius=r.scene_radius, normals=train.needs_normals(config))
+        scene_radius=r.scene_radius, normals=train_step.needs_normals(config))
     return jnp.mean(out['rgb']), out['rgb']
 
   render_grad = jax.jit(jax.grad(render_loss, has_aux=True))
@@ -132,10 +132,10 @@ def measure(config, num_devices: int, steps: int) -> dict:
       'unet': _time(predict_noise, prior, z, t, emb, steps=steps),
   }
 
-  prior = train.replicate(prior, mesh)
-  train_step = train.make_train_step(config, model, tx, mesh)
+  prior = train_step.replicate(prior, mesh)
+  step_fn = train_step.make_train_step(config, model, tx, mesh)
   t0 = time.perf_counter()
-  compiled = train_step.lower(state, prior, base_key).compile()
+  compiled = step_fn.lower(state, prior, base_key).compile()
   compile_s = time.perf_counter() - t0
   state, _ = compiled(state, prior, base_key)  # Warm-up.
   jax.block_until_ready(state)

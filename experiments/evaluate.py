@@ -55,8 +55,13 @@ flags.mark_flags_as_required(['root'])
 
 def main(argv):
   del argv
-  from dreamfusion_jax import errors  # pylint: disable=g-import-not-at-top
-  from dreamfusion_jax import evaluate  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import errors
+  from dreamfusion_jax import files
+  from dreamfusion_jax import runs
+  from dreamfusion_jax.evaluation import clip_r_precision
+  from dreamfusion_jax.evaluation import toy_sweep
+  # pylint: enable=g-import-not-at-top
   if _MODE.value == 'toy':
     try:
       seeds = [int(s) for s in _SEEDS.value]
@@ -64,22 +69,22 @@ def main(argv):
       raise errors.UserError(
           f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. 0,1,2.'
       ) from None
-    results = evaluate.toy_evaluate(
-        _CONFIG.value, _ROOT.value, _PROMPTS.value or evaluate.TOY_PROMPTS,
+    results = toy_sweep.toy_evaluate(
+        _CONFIG.value, _ROOT.value, _PROMPTS.value or toy_sweep.TOY_PROMPTS,
         seeds, _THRESHOLD.value, _EXPORT.value)
-    print(evaluate.format_toy_table(results))
+    print(toy_sweep.format_toy_table(results))
     if _OUT.value:
-      evaluate.write_results(results, _OUT.value)
+      files.write_json(_OUT.value, results)
   else:
-    results = evaluate.clip_r_precision(
-        evaluate.workdirs_under(_ROOT.value),
-        evaluate.load_captions(_CAPTIONS.value),
-        clip_models=_CLIP_MODELS.value or evaluate.CLIP_MODELS,
+    results = clip_r_precision.clip_r_precision(
+        runs.workdirs_under(_ROOT.value),
+        clip_r_precision.load_captions(_CAPTIONS.value),
+        clip_models=_CLIP_MODELS.value or clip_r_precision.CLIP_MODELS,
         num_views=_NUM_VIEWS.value,
-        render_views=evaluate.CheckpointRenderer(_RESOLUTION.value))
-    print(evaluate.format_table(results))
-    evaluate.write_results(
-        results, _OUT.value or os.path.join(_ROOT.value, 'clip_results.json'))
+        renderer=clip_r_precision.CheckpointRenderer(_RESOLUTION.value))
+    print(clip_r_precision.format_table(results))
+    files.write_json(
+        _OUT.value or os.path.join(_ROOT.value, 'clip_results.json'), results)
 
 
 if __name__ == '__main__':

@@ -35,9 +35,8 @@ flags.mark_flags_as_required(['workdir'])
 def main(argv):
   del argv
   from dreamfusion_jax import export  # pylint: disable=g-import-not-at-top
-  from dreamfusion_jax import train  # pylint: disable=g-import-not-at-top
-  config, model, params, step = train.load_trained(_WORKDIR.value,
-                                                   _STEP.value)
+  from dreamfusion_jax import runs  # pylint: disable=g-import-not-at-top
+  config, model, params, step = runs.load_trained(_WORKDIR.value, _STEP.value)
   overrides = {'num_frames': _FRAMES.value, 'resolution': _RESOLUTION.value,
                'elevation': _ELEVATION.value,
                'mesh_threshold': _THRESHOLD.value,

@@ -32,7 +32,7 @@ def main(argv):
   config = _CONFIG.value
   launch.maybe_initialize_distributed(config)
   from dreamfusion_jax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_evaluate(config, _WORKDIR.value)
+  train.train_and_export(config, _WORKDIR.value)
   logging.info('Done: %s', _WORKDIR.value)
 
 

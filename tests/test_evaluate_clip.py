@@ -15,8 +15,9 @@ import safetensors.numpy
 import transformers
 
 from dreamfusion_jax import errors
-from dreamfusion_jax import evaluate
-from dreamfusion_jax.guidance import clip as clip_lib
+from dreamfusion_jax import files
+from dreamfusion_jax.evaluation import clip_model
+from dreamfusion_jax.evaluation import clip_r_precision
 
 IMAGE_SIZE = 32
 
@@ -65,14 +66,14 @@ def tiny_clip_dir(tmp_path_factory):
   model = transformers.FlaxCLIPModel(config, _do_init=False)
   model.save_pretrained(folder, params=_random_params(model.params_shape_tree))
   (folder / 'preprocessor_config.json').write_text(json.dumps(
-      {'image_mean': list(clip_lib.OPENAI_CLIP_MEAN),
-       'image_std': list(clip_lib.OPENAI_CLIP_STD)}))
+      {'image_mean': list(clip_model.OPENAI_CLIP_MEAN),
+       'image_std': list(clip_model.OPENAI_CLIP_STD)}))
   return folder
 
 
 @pytest.fixture(scope='module')
 def tiny_clip(tiny_clip_dir):
-  return clip_lib.load_clip(str(tiny_clip_dir))
+  return clip_model.load_clip(str(tiny_clip_dir))
 
 
 def _unit(x):
@@ -88,9 +89,9 @@ def test_r_precision_is_one_for_matching_embeddings():
   text = _unit(rng.normal(size=(n, d)))
   labels = np.repeat(np.arange(n), views)
   images = _unit(text[labels] + 0.1 * rng.normal(size=(n * views, d)))
-  assert evaluate.r_precision(images, text, labels) == 1.0
+  assert clip_r_precision.r_precision(images, text, labels) == 1.0
   # A wrong labelling of the same embeddings scores zero.
-  assert evaluate.r_precision(images, text, (labels + 1) % n) == 0.0
+  assert clip_r_precision.r_precision(images, text, (labels + 1) % n) == 0.0
 
 
 def test_r_precision_of_random_embeddings_is_one_over_n():
@@ -101,25 +102,26 @@ def test_r_precision_of_random_embeddings_is_one_over_n():
     text = _unit(rng.normal(size=(n, d)))
     images = _unit(rng.normal(size=(m, d)))
     labels = rng.integers(0, n, size=m)
-    scores.append(evaluate.r_precision(images, text, labels))
+    scores.append(clip_r_precision.r_precision(images, text, labels))
   # 20000 Bernoulli(1/10) draws: std 0.0021, the tolerance is 7 of them.
   assert abs(np.mean(scores) - 1.0 / n) < 0.015
 
 
 def test_caption_labels_match_loosely_and_reject_unknowns():
   captions = ['a red cube.', 'A blue sphere', 'a green cone']
-  labels = evaluate.caption_labels(['A Red Cube', 'a green cone.'], captions)
+  labels = clip_r_precision.caption_labels(['A Red Cube', 'a green cone.'],
+                                           captions)
   np.testing.assert_array_equal(labels, [0, 2])
   with pytest.raises(errors.UserError, match='not in the caption set'):
-    evaluate.caption_labels(['a yellow torus'], captions)
+    clip_r_precision.caption_labels(['a yellow torus'], captions)
   with pytest.raises(errors.UserError, match='appears twice'):
-    evaluate.caption_labels(['a red cube'], captions + ['A red cube'])
+    clip_r_precision.caption_labels(['a red cube'], captions + ['A red cube'])
 
 
 def test_shipped_captions():
-  captions = evaluate.load_captions()
+  captions = clip_r_precision.load_captions()
   assert len(captions) == 153
-  assert len({evaluate._key(c) for c in captions}) == 153
+  assert len({clip_r_precision._key(c) for c in captions}) == 153
   assert captions[0] == 'a blue bicycle parked by a metal gate.'
   assert all(c == c.strip() and c.endswith('.') for c in captions)
 
@@ -129,7 +131,7 @@ def test_shipped_captions():
 
 def test_protocol_cameras_orbit_at_30_degrees_looking_at_origin():
   views = 8
-  cams = evaluate.protocol_cameras(views, distance=1.3, focal=1.0)
+  cams = clip_r_precision.protocol_cameras(views, distance=1.3, focal=1.0)
   pos = np.asarray(cams.position)
   np.testing.assert_allclose(np.asarray(cams.elevation), 30.0)
   np.testing.assert_allclose(
@@ -148,10 +150,11 @@ def test_protocol_cameras_orbit_at_30_degrees_looking_at_origin():
 
 
 def test_modes_are_colour_and_textureless():
-  assert evaluate.MODES == ('color', 'geo')
-  assert evaluate.SHADING == {'color': 'lambertian', 'geo': 'textureless'}
-  assert evaluate.ELEVATION == 30.0
-  assert len(evaluate.CLIP_MODELS) == 3
+  assert clip_r_precision.MODES == ('color', 'geo')
+  assert clip_r_precision.SHADING == {'color': 'lambertian',
+                                      'geo': 'textureless'}
+  assert clip_r_precision.ELEVATION == 30.0
+  assert len(clip_r_precision.CLIP_MODELS) == 3
 
 
 # The CLIP loader and embeddings.
@@ -159,20 +162,20 @@ def test_modes_are_colour_and_textureless():
 
 def test_missing_model_is_one_sentence(tmp_path, monkeypatch):
   with pytest.raises(errors.UserError) as info:
-    clip_lib.load_clip(str(tmp_path / 'no_such_model'))
+    clip_model.load_clip(str(tmp_path / 'no_such_model'))
   message = str(info.value)
   assert message.count('. ') == 0 and message.endswith('.')
   monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   with pytest.raises(errors.UserError, match='openai/clip-vit-base-patch32'):
-    clip_lib.load_clip('openai/clip-vit-base-patch32')
+    clip_model.load_clip('openai/clip-vit-base-patch32')
 
 
 def test_folder_without_weights_is_a_user_error(tiny_clip_dir, tmp_path):
   for name in ('config.json', 'vocab.json', 'merges.txt'):
     (tmp_path / name).write_bytes((tiny_clip_dir / name).read_bytes())
   with pytest.raises(errors.UserError, match='neither'):
-    clip_lib.load_clip(str(tmp_path))
+    clip_model.load_clip(str(tmp_path))
 
 
 CAPTIONS = ['a red cube.', 'a blue sphere.', 'a green cone.',
@@ -199,7 +202,7 @@ def test_safetensors_weights_are_converted(tiny_clip, tiny_clip_dir,
   safetensors.numpy.save_file(state, str(tmp_path / 'model.safetensors'),
                               metadata={'format': 'pt'})
   loaded = traverse_util.flatten_dict(
-      clip_lib.load_clip(str(tmp_path)).params)
+      clip_model.load_clip(str(tmp_path)).params)
   assert loaded.keys() == flat.keys()
   for key in flat:
     np.testing.assert_array_equal(loaded[key], flat[key])
@@ -210,7 +213,7 @@ def test_embeddings_are_unit_norm_and_match_the_model(tiny_clip,
   # Shapes as in the pipeline test below, so compilations are shared.
   model, params = transformers.FlaxCLIPModel.from_pretrained(
       tiny_clip_dir, _do_init=False)
-  text_emb = clip_lib.embed_texts(tiny_clip, CAPTIONS)
+  text_emb = clip_model.embed_texts(tiny_clip, CAPTIONS)
   assert text_emb.shape == (5, 16)
   np.testing.assert_allclose(np.linalg.norm(text_emb, axis=-1), 1.0,
                              rtol=1e-5)
@@ -224,11 +227,11 @@ def test_embeddings_are_unit_norm_and_match_the_model(tiny_clip,
 
   images = np.random.default_rng(0).uniform(
       size=(VIEWS, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)
-  image_emb = clip_lib.embed_images(tiny_clip, images)
+  image_emb = clip_model.embed_images(tiny_clip, images)
   assert image_emb.shape == (VIEWS, 16)
   # Reference: CLIP normalisation and NCHW done by hand.
-  pixels = (images - np.asarray(clip_lib.OPENAI_CLIP_MEAN)) / np.asarray(
-      clip_lib.OPENAI_CLIP_STD)
+  pixels = (images - np.asarray(clip_model.OPENAI_CLIP_MEAN)) / np.asarray(
+      clip_model.OPENAI_CLIP_STD)
   image_features = jax.jit(
       lambda p, x: model.get_image_features(x, params=p))
   ref = np.asarray(image_features(params, pixels.transpose(0, 3, 1, 2)))
@@ -238,7 +241,7 @@ def test_embeddings_are_unit_norm_and_match_the_model(tiny_clip,
 def test_preprocess_resizes_normalises_and_transposes(tiny_clip):
   colour = np.array([0.2, 0.5, 0.9], np.float32)
   images = np.broadcast_to(colour, (2, 64, 48, 3))
-  pixels = np.asarray(clip_lib.preprocess_images(
+  pixels = np.asarray(clip_model.preprocess_images(
       images, IMAGE_SIZE, tiny_clip.mean, tiny_clip.std))
   assert pixels.shape == (2, 3, IMAGE_SIZE, IMAGE_SIZE)
   expected = (colour - np.asarray(tiny_clip.mean)) / np.asarray(tiny_clip.std)
@@ -254,7 +257,7 @@ def test_batches_are_padded_to_one_shape():
     return 2 * x
 
   x = np.arange(7.0)[:, None]
-  out = clip_lib._batched(fn, [x], 3)
+  out = clip_model._batched(fn, [x], 3)
   np.testing.assert_array_equal(out, 2 * x)
   assert set(seen) == {(3, 1)}
 
@@ -267,7 +270,7 @@ def test_clip_r_precision_with_fake_renders(tiny_clip, tiny_clip_dir,
   captions, views = CAPTIONS, VIEWS
   # load_clip itself is tested above; reusing its result saves compilations.
   loaded = []
-  monkeypatch.setattr(clip_lib, 'load_clip',
+  monkeypatch.setattr(clip_model, 'load_clip',
                       lambda m, r='': loaded.append((m, r)) or tiny_clip)
   # Two seeds for three of the captions; each workdir renders noise of its
   # own, different per mode and view.
@@ -285,27 +288,28 @@ def test_clip_r_precision_with_fake_renders(tiny_clip, tiny_clip_dir,
     calls.append((workdir, mode))
     assert cams.position.shape == (views, 3)
     np.testing.assert_allclose(np.asarray(cams.elevation), 30.0)
-    seed = workdirs.index(workdir) * 2 + evaluate.MODES.index(mode)
+    seed = workdirs.index(workdir) * 2 + clip_r_precision.MODES.index(mode)
     return np.random.default_rng(seed).uniform(
         size=(views, IMAGE_SIZE, IMAGE_SIZE, 3))
 
-  results = evaluate.clip_r_precision(
+  results = clip_r_precision.clip_r_precision(
       workdirs, captions, clip_models=[str(tiny_clip_dir)], num_views=views,
-      render_views=render_views)
+      renderer=render_views)
   assert loaded == [(str(tiny_clip_dir), '')]
   assert sorted(calls) == sorted((w, m) for w in workdirs
-                                 for m in evaluate.MODES)
+                                 for m in clip_r_precision.MODES)
 
   # Reference: hits computed directly from the same embeddings.
-  text_emb = clip_lib.embed_texts(tiny_clip, captions)
-  labels = evaluate.caption_labels(prompts, captions)
+  text_emb = clip_model.embed_texts(tiny_clip, captions)
+  labels = clip_r_precision.caption_labels(prompts, captions)
   model = str(tiny_clip_dir)
-  for mode in evaluate.MODES:
+  for mode in clip_r_precision.MODES:
     per_run = []
     for workdir, label in zip(workdirs, labels):
-      images = render_views(workdir, evaluate.protocol_cameras(views), mode)
-      image_emb = clip_lib.embed_images(tiny_clip, images)
-      per_run.append(evaluate.r_precision(
+      images = render_views(workdir, clip_r_precision.protocol_cameras(views),
+                            mode)
+      image_emb = clip_model.embed_images(tiny_clip, images)
+      per_run.append(clip_r_precision.r_precision(
           image_emb, text_emb, np.full((views,), label)))
     per_caption = [np.mean(per_run[0:2]), np.mean(per_run[2:4]),
                    np.mean(per_run[4:6])]
@@ -317,19 +321,19 @@ def test_clip_r_precision_with_fake_renders(tiny_clip, tiny_clip_dir,
   assert results['num_evaluated_captions'] == 3
   assert results['seeds_per_caption'] == [2, 2]
 
-  table = evaluate.format_table(results)
+  table = clip_r_precision.format_table(results)
   assert model in table and 'color' in table and 'geo' in table
   path = tmp_path / 'out' / 'clip_r_precision.json'
-  evaluate.write_results(results, path)
+  files.write_json(path, results)
   assert json.loads(path.read_text()) == json.loads(json.dumps(results))
 
 
 def test_clip_r_precision_rejects_unknown_prompts(tiny_clip_dir, tmp_path):
   with pytest.raises(errors.UserError, match='not in the caption set'):
-    evaluate.clip_r_precision(
+    clip_r_precision.clip_r_precision(
         [str(tmp_path)], ['a red cube.'], clip_models=[str(tiny_clip_dir)],
-        prompts=['a teapot'], render_views=lambda *a: None)
+        prompts=['a teapot'], renderer=lambda *a: None)
   with pytest.raises(errors.UserError, match='no config.json'):
-    evaluate.clip_r_precision(
+    clip_r_precision.clip_r_precision(
         [str(tmp_path)], ['a red cube.'], clip_models=[str(tiny_clip_dir)],
-        render_views=lambda *a: None)
+        renderer=lambda *a: None)

@@ -16,7 +16,8 @@ import pytest
 
 from configs import tiny
 from configs import toy
-from dreamfusion_jax import evaluate
+from dreamfusion_jax.evaluation import clip_r_precision
+from dreamfusion_jax.evaluation import toy_sweep
 from dreamfusion_jax import train
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def _tiny_config():
 @pytest.fixture(scope='module')
 def evaluated(tmp_path_factory):
   root = tmp_path_factory.mktemp('toy')
-  results = evaluate.toy_evaluate(_tiny_config(), root, [PROMPT], [0])
+  results = toy_sweep.toy_evaluate(_tiny_config(), root, [PROMPT], [0])
   return root, results
 
 
@@ -42,7 +43,7 @@ def test_results_structure(evaluated):
   assert set(results['prompts']) == {PROMPT}
   (run,) = results['runs']
   assert run['prompt'] == PROMPT and run['seed'] == 0
-  assert run['workdir'] == evaluate.toy_workdir(root, PROMPT, 0)
+  assert run['workdir'] == toy_sweep.toy_workdir(root, PROMPT, 0)
   assert run['workdir'].endswith(os.path.join('a_snowman', 'seed_0'))
   assert run['step'] == 2 and run['trained_now']
   assert 0.0 <= run['iou'] <= 1.0
@@ -52,9 +53,9 @@ def test_results_structure(evaluated):
   row = results['prompts'][PROMPT]
   assert row['seeds'] == [0] and row['iou'] == [run['iou']]
   assert row['nose_front'] in (0, 1) and row['nose_back'] in (0, 1)
-  with open(root / evaluate.TOY_RESULTS) as f:
+  with open(root / toy_sweep.TOY_RESULTS) as f:
     assert json.load(f) == json.loads(json.dumps(results))
-  table = evaluate.format_toy_table(results)
+  table = toy_sweep.format_toy_table(results)
   assert PROMPT in table and f"{run['iou']:.3f}" in table
 
 
@@ -68,14 +69,14 @@ def test_rerun_reuses_the_finished_run(evaluated, monkeypatch):
   def no_training(*args):
     raise AssertionError(f'trained again: {args}')
 
-  monkeypatch.setattr(train, 'train_and_evaluate', no_training)
-  again = evaluate.toy_evaluate(_tiny_config(), root, [PROMPT], [0])
+  monkeypatch.setattr(train, 'train_and_export', no_training)
+  again = toy_sweep.toy_evaluate(_tiny_config(), root, [PROMPT], [0])
   after = {p: os.stat(os.path.join(ckpt_dir, p)).st_mtime_ns
            for p in os.listdir(ckpt_dir)}
   assert after == before
   (run,) = again['runs']
   assert not run['trained_now']
-  with open(os.path.join(workdir, evaluate.EVAL_FILE)) as f:
+  with open(os.path.join(workdir, toy_sweep.EVAL_FILE)) as f:
     stored = json.load(f)
   assert run['train_seconds'] == stored['train_seconds']
   assert run['train_seconds'] == first['runs'][0]['train_seconds']
@@ -86,16 +87,16 @@ def test_rerun_with_another_config_is_refused(evaluated):
   root, _ = evaluated
   config = _tiny_config()
   config.guidance.scale = 7.0
-  with pytest.raises(evaluate.errors.UserError, match='guidance.scale'):
-    evaluate.toy_evaluate(config, root, [PROMPT], [0])
+  with pytest.raises(toy_sweep.errors.UserError, match='guidance.scale'):
+    toy_sweep.toy_evaluate(config, root, [PROMPT], [0])
 
 
-@pytest.mark.parametrize('mode', evaluate.MODES)
+@pytest.mark.parametrize('mode', clip_r_precision.MODES)
 def test_checkpoint_renderer(evaluated, mode):
   _, results = evaluated
   workdir = results['runs'][0]['workdir']
-  renderer = evaluate.CheckpointRenderer(resolution=8)
-  images = renderer(workdir, evaluate.protocol_cameras(3), mode)
+  renderer = clip_r_precision.CheckpointRenderer(resolution=8)
+  images = renderer(workdir, clip_r_precision.protocol_cameras(3), mode)
   assert images.shape == (3, 8, 8, 3)
   assert images.dtype == np.float32
   assert np.all(np.isfinite(images))
@@ -106,9 +107,9 @@ def test_geo_renders_are_grey(evaluated):
   # Textureless shading: white albedo, so every pixel is grey (r = g = b)
   # against the white background.
   _, results = evaluated
-  renderer = evaluate.CheckpointRenderer(resolution=8)
+  renderer = clip_r_precision.CheckpointRenderer(resolution=8)
   images = renderer(results['runs'][0]['workdir'],
-                    evaluate.protocol_cameras(2), 'geo')
+                    clip_r_precision.protocol_cameras(2), 'geo')
   np.testing.assert_allclose(images[..., 0], images[..., 1], atol=1e-5)
   np.testing.assert_allclose(images[..., 0], images[..., 2], atol=1e-5)
 
@@ -116,8 +117,8 @@ def test_geo_renders_are_grey(evaluated):
 def test_non_toy_config_is_refused(tmp_path):
   config = toy.get_config()
   config.guidance.model = 'stable_diffusion'
-  with pytest.raises(evaluate.errors.UserError, match='toy'):
-    evaluate.toy_evaluate(config, tmp_path, ['a red cube'], [0])
+  with pytest.raises(toy_sweep.errors.UserError, match='toy'):
+    toy_sweep.toy_evaluate(config, tmp_path, ['a red cube'], [0])
 
 
 def test_default_toy_run_recovers_the_sphere(tmp_path):
@@ -128,7 +129,7 @@ def test_default_toy_run_recovers_the_sphere(tmp_path):
   """
   config = toy.get_config()
   assert config.prompt == 'a blue sphere'
-  results = evaluate.toy_evaluate(config, tmp_path, [config.prompt], [0])
+  results = toy_sweep.toy_evaluate(config, tmp_path, [config.prompt], [0])
   (run,) = results['runs']
   assert run['step'] == config.num_steps
   assert run['iou'] >= 0.7, run
@@ -148,7 +149,7 @@ def _evaluate(root, prompts, seeds):
   assert proc.returncode == 0, proc.stderr[-3000:]
   for prompt in prompts:
     assert prompt in proc.stdout
-  with open(root / evaluate.TOY_RESULTS) as f:
+  with open(root / toy_sweep.TOY_RESULTS) as f:
     return json.load(f)['prompts']
 
 
@@ -171,6 +172,6 @@ def test_full_toy_table(tmp_path):
     'nose reached density 2 in 2000 steps, not yet 5.'))
 def test_snowman_has_its_nose_on_the_front(tmp_path):
   """The Janus target: nose on the front in at least 4 of 5 seeds (10 min)."""
-  row = _evaluate(tmp_path, [evaluate.SNOWMAN], '0,1,2,3,4')[evaluate.SNOWMAN]
+  row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4')[toy_sweep.SNOWMAN]
   assert row['nose_front'] >= 4, row
   assert row['nose_back'] <= 1, row

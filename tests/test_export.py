@@ -13,6 +13,8 @@ import trimesh
 from configs import default as default_config
 from dreamfusion_jax import errors
 from dreamfusion_jax import export
+from dreamfusion_jax import images
+from dreamfusion_jax import meshing
 from dreamfusion_jax.nerf import field as field_lib
 
 # An off-centre ball, so that a swapped, flipped or shifted axis in the
@@ -46,7 +48,7 @@ def radii(mesh):
 @pytest.fixture(scope='module')
 def ball_mesh():
   # The half-maximum 25 of a 50 sigmoid ball is exactly the sphere |x - c| = r.
-  return export.extract_mesh(ball_density, albedo, resolution=64, bound=1.0,
+  return meshing.extract_mesh(ball_density, albedo, resolution=64, bound=1.0,
                              threshold=25.0)
 
 
@@ -54,8 +56,8 @@ def test_density_grid_samples_grid_vertices_in_xyz_order():
   # 11^3 = 1331 points in chunks of 100: the last chunk is padded.
   coeffs = jnp.array([1.0, 10.0, 100.0])
   fn = jax.tree_util.Partial(lambda c, p: p @ c, coeffs)
-  grid = export.density_grid(fn, resolution=11, bound=0.5, chunk=100)
-  x = export.grid_coordinates(11, 0.5)
+  grid = meshing.density_grid(fn, resolution=11, bound=0.5, chunk=100)
+  x = meshing.grid_coordinates(11, 0.5)
   expected = (x[:, None, None] + 10 * x[None, :, None] +
               100 * x[None, None, :])
   assert grid.shape == (11, 11, 11)
@@ -77,14 +79,14 @@ def test_ball_mesh_has_the_ball_radius_and_is_watertight(ball_mesh):
 
 def test_mesh_closes_where_the_object_leaves_the_grid():
   # The ball pokes out of [-0.5, 0.5]^3; the export is still closed.
-  mesh = export.extract_mesh(ball_density, albedo, 24, bound=0.5,
+  mesh = meshing.extract_mesh(ball_density, albedo, 24, bound=0.5,
                              threshold=25.0, remove_floaters=False)
   assert mesh.is_watertight
   assert mesh.volume > 0
 
 
 def test_auto_threshold_puts_a_sharp_ball_surface_at_its_radius():
-  mesh = export.extract_mesh(
+  mesh = meshing.extract_mesh(
       lambda p: ball_density(p, sharpness=60.0), albedo, 48, 1.0)
   assert abs(radii(mesh).mean() - RADIUS) < 0.03 * RADIUS
 
@@ -95,8 +97,8 @@ def test_auto_threshold_of_exp_field_is_where_it_turns_opaque(slope):
   # outside: renders turn opaque where the density is of order k, whatever
   # the (unbounded) interior densities are.
   fn = lambda p: exp_density(p, slope)
-  coarse = export.choose_threshold(export.density_grid(fn, 48, 1.0), 1.0)
-  fine = export.choose_threshold(export.density_grid(fn, 96, 1.0), 1.0)
+  coarse = meshing.choose_threshold(meshing.density_grid(fn, 48, 1.0), 1.0)
+  fine = meshing.choose_threshold(meshing.density_grid(fn, 96, 1.0), 1.0)
   assert slope / 4 < fine < 2 * slope
   # The rule measures a physical quantity, not a grid-dependent one (up to
   # quadrature error: at slope 50 and R = 48 the density grows 8x per cell).
@@ -106,15 +108,15 @@ def test_auto_threshold_of_exp_field_is_where_it_turns_opaque(slope):
 def test_auto_threshold_meshes_a_field_that_is_never_opaque():
   # Peak optical depth along any ray is ~0.3 < ln 2: the fallback rule.
   haze = lambda p: 0.5 * jnp.exp(-jnp.sum((p - CENTRE) ** 2, axis=-1) / 0.1)
-  grid = export.density_grid(haze, 24, 1.0)
-  threshold = export.choose_threshold(grid, 1.0)
+  grid = meshing.density_grid(haze, 24, 1.0)
+  threshold = meshing.choose_threshold(grid, 1.0)
   assert 0.0 < threshold < 0.5
-  assert export.mesh_from_grid(grid, 1.0).is_watertight
+  assert meshing.mesh_from_grid(grid, 1.0).is_watertight
 
 
 def test_glb_reloads_with_the_field_albedo_at_the_surface(ball_mesh,
                                                           tmp_path):
-  paths = export.write_mesh(ball_mesh, str(tmp_path), 'ball')
+  paths = meshing.write_mesh(ball_mesh, str(tmp_path), 'ball')
   assert [os.path.basename(p) for p in paths] == [
       'ball.glb', 'ball.obj', 'ball.mtl', 'ball.ply']
   loaded = trimesh.load(paths[0], force='mesh')
@@ -125,13 +127,13 @@ def test_glb_reloads_with_the_field_albedo_at_the_surface(ball_mesh,
   offset = vertices - CENTRE
   on_sphere = CENTRE + RADIUS * offset / np.linalg.norm(offset, axis=-1,
                                                         keepdims=True)
-  expected = export.srgb_to_linear(np.asarray(albedo(on_sphere)))
+  expected = images.srgb_to_linear(np.asarray(albedo(on_sphere)))
   colors = np.asarray(loaded.visual.vertex_colors)[:, :3] / 255.0
   np.testing.assert_allclose(colors, expected, atol=0.02)
 
 
 def test_obj_and_ply_keep_albedo_values(ball_mesh, tmp_path):
-  export.write_mesh(ball_mesh, str(tmp_path), 'ball')
+  meshing.write_mesh(ball_mesh, str(tmp_path), 'ball')
   expected = np.asarray(albedo(np.asarray(ball_mesh.vertices, np.float32)))
   ply = trimesh.load(str(tmp_path / 'ball.ply'), process=False)
   np.testing.assert_allclose(ply.vertices, ball_mesh.vertices, atol=1e-6)
@@ -156,9 +158,9 @@ def test_floater_removal_drops_a_small_separate_blob():
                         radius=0.06, sharpness=60.0)
     return jnp.maximum(body, blob)
 
-  kept = export.extract_mesh(two_pieces, albedo, 48, 1.0, threshold=25.0,
+  kept = meshing.extract_mesh(two_pieces, albedo, 48, 1.0, threshold=25.0,
                              remove_floaters=False)
-  cleaned = export.extract_mesh(two_pieces, albedo, 48, 1.0, threshold=25.0)
+  cleaned = meshing.extract_mesh(two_pieces, albedo, 48, 1.0, threshold=25.0)
   assert len(kept.split(only_watertight=False)) == 2
   assert len(cleaned.split(only_watertight=False)) == 1
   assert np.linalg.norm(cleaned.vertices, axis=-1).max() < 0.45
@@ -170,19 +172,19 @@ def test_no_surface_raises_with_a_threshold_that_works():
   faint = lambda p: 2.0 * jnp.exp(-jnp.sum(p * p, axis=-1) / 0.1)
   with pytest.raises(errors.UserError) as info:
     # 33 vertices per axis put one at the peak, so the max is exactly 2.
-    export.extract_mesh(faint, albedo, 33, 1.0, threshold=10.0)
+    meshing.extract_mesh(faint, albedo, 33, 1.0, threshold=10.0)
   message = str(info.value)
   assert 'max density is 2' in message
   suggested = float(
       re.search(r'--config\.export\.mesh_threshold=([0-9.e+-]+)\.$',
                 message).group(1))
-  mesh = export.extract_mesh(faint, albedo, 33, 1.0, threshold=suggested)
+  mesh = meshing.extract_mesh(faint, albedo, 33, 1.0, threshold=suggested)
   assert len(mesh.faces) > 0
 
 
 def test_constant_field_raises_user_error():
   with pytest.raises(errors.UserError, match='constant'):
-    export.extract_mesh(lambda p: jnp.zeros(p.shape[:-1]), albedo, 16, 1.0)
+    meshing.extract_mesh(lambda p: jnp.zeros(p.shape[:-1]), albedo, 16, 1.0)
 
 
 def smooth_frames(n, h, w):
@@ -202,7 +204,7 @@ _IGNORE_FORK = pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 @_IGNORE_FORK
 def test_video_reads_back_with_frame_count_and_even_size(tmp_path):
   frames = smooth_frames(6, 15, 22)  # An odd height is padded to 16.
-  path = export.write_video(frames, str(tmp_path / 'turntable.mp4'), fps=12)
+  path = images.write_video(frames, str(tmp_path / 'turntable.mp4'), fps=12)
   reader = imageio.v2.get_reader(path)
   meta = reader.get_meta_data()
   # Iterate: list(reader) would preallocate the reader's len(), which is
@@ -217,16 +219,16 @@ def test_video_reads_back_with_frame_count_and_even_size(tmp_path):
 
 def test_gif_and_contact_sheet(tmp_path):
   frames = smooth_frames(6, 40, 60)
-  path = export.write_gif(frames, str(tmp_path / 'turntable.gif'), fps=10,
+  path = images.write_gif(frames, str(tmp_path / 'turntable.gif'), fps=10,
                           max_size=30)
   gif = imageio.v2.mimread(path)
   assert len(gif) == 6 and gif[0].shape[:2] == (20, 30)
-  sheet = export.contact_sheet(frames, num=3, columns=2)
+  sheet = images.contact_sheet(frames, num=3, columns=2)
   assert sheet.shape == (80, 120, 3)
   np.testing.assert_array_equal(sheet[:40, :60], frames[0])
   np.testing.assert_array_equal(sheet[:40, 60:], frames[2])
   np.testing.assert_array_equal(sheet[40:, 60:], 1.0)
-  export.write_png(sheet, str(tmp_path / 'sheet.png'))
+  images.write_png(sheet, str(tmp_path / 'sheet.png'))
   assert imageio.v2.imread(str(tmp_path / 'sheet.png')).shape == (80, 120, 3)
 
 
@@ -235,7 +237,7 @@ def test_normals_shown_in_camera_space_and_composited():
   rotation = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
   normals = np.array([[[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])  # [1, 2, 3]
   opacity = np.array([[1.0, 0.0]])
-  rgb = export.normals_to_rgb(normals, opacity, rotation, background=1.0)
+  rgb = images.normals_to_rgb(normals, opacity, rotation, background=1.0)
   np.testing.assert_allclose(rgb[0, 0], [0.5, 0.5, 1.0])  # Faces camera.
   np.testing.assert_allclose(rgb[0, 1], [1.0, 1.0, 1.0])  # Background.
 
@@ -243,7 +245,7 @@ def test_normals_shown_in_camera_space_and_composited():
 def test_colorize_depth_is_bright_near_and_uses_one_range():
   depth = np.array([[[1.0, 2.0]], [[1.5, 1.5]]])  # [2 frames, 1, 2]
   opacity = np.ones_like(depth)
-  rgb = export.colorize_depth(depth, opacity, near=1.0, far=2.0)
+  rgb = images.colorize_depth(depth, opacity, near=1.0, far=2.0)
   assert rgb.shape == (2, 1, 2, 3)
   assert rgb.min() >= 0.0 and rgb.max() <= 1.0
   brightness = rgb.sum(-1)

@@ -23,6 +23,7 @@ import pytest
 from configs import default
 from dreamfusion_jax import errors
 from dreamfusion_jax import guidance
+from dreamfusion_jax import priors
 from dreamfusion_jax.guidance import hub
 from dreamfusion_jax.guidance import prior as prior_lib
 from dreamfusion_jax.guidance import quiet
@@ -71,15 +72,15 @@ def models(tmp_path_factory):
 
 
 @pytest.fixture(scope='module')
-def priors(models):
+def loaded_priors(models):
   """Priors loaded by hub id (offline, from the cache) and from a folder."""
   folders, cache = models
   with pytest.MonkeyPatch.context() as patch:
     patch.setenv('HF_HUB_OFFLINE', '1')
     patch.setenv('HF_HUB_CACHE', str(cache))
-    loaded = {name: guidance.load_prior(_config(f'tiny-org/sd-{name}'))
+    loaded = {name: priors.load_prior(_config(f'tiny-org/sd-{name}'))
               for name in ('flax', 'safetensors')}
-  loaded['pixel'] = guidance.load_prior(_config(str(folders['pixel'])))
+  loaded['pixel'] = priors.load_prior(_config(str(folders['pixel'])))
   return loaded
 
 
@@ -91,8 +92,8 @@ def _assert_trees_equal(a, b):
     np.testing.assert_array_equal(x, y)
 
 
-def test_prior_contents(priors):
-  prior = priors['flax']
+def test_prior_contents(loaded_priors):
+  prior = loaded_priors['flax']
   width = tiny_models.TEXT_WIDTH
   assert prior.view_embeddings.shape == (4, tiny_models.TEXT_LENGTH, width)
   assert prior.uncond_embedding.shape == (tiny_models.TEXT_LENGTH, width)
@@ -110,7 +111,7 @@ def test_prior_contents(priors):
   # Frozen data only: the UNet, the VAE's encoder, the schedule.
   assert set(prior.params) == {'unet', 'vae', 'alphas_cumprod'}
   assert set(prior.params['vae']) == {'encoder', 'quant_conv'}
-  assert set(priors['pixel'].params) == {'unet', 'alphas_cumprod'}
+  assert set(loaded_priors['pixel'].params) == {'unet', 'alphas_cumprod'}
   for leaf in jax.tree.leaves(prior.params):
     assert leaf.dtype == jnp.float32  # 'auto' on a CPU.
 
@@ -122,14 +123,14 @@ def test_view_prompts():
   assert guidance.view_prompts('a cat', enabled=False) == ['a cat'] * 4
 
 
-def test_negative_prompt_and_local_folder(models, priors):
+def test_negative_prompt_and_local_folder(models, loaded_priors):
   folders, _ = models
   # A local folder loads like the hub id; the negative prompt replaces the
   # empty one; without view prompts every view gets the bare prompt.
   config = _config(str(folders['flax']), view_prompts=False)
   config.negative_prompt = 'blurry'
-  prior = guidance.load_prior(config)
-  _assert_trees_equal(prior.params, priors['flax'].params)
+  prior = priors.load_prior(config)
+  _assert_trees_equal(prior.params, loaded_priors['flax'].params)
   bare, blurry = stable_diffusion.encode_prompts(
       folders['flax'], ['a red cube', 'blurry'])
   for view in range(4):
@@ -181,8 +182,8 @@ def _cameras():
           jax.random.key(3))
 
 
-def test_flax_and_safetensors_forms_agree(priors, sds_step):
-  flax_prior, st_prior = priors['flax'], priors['safetensors']
+def test_flax_and_safetensors_forms_agree(loaded_priors, sds_step):
+  flax_prior, st_prior = loaded_priors['flax'], loaded_priors['safetensors']
   _assert_trees_equal(flax_prior.params, st_prior.params)
   np.testing.assert_array_equal(flax_prior.view_embeddings,
                                 st_prior.view_embeddings)
@@ -202,8 +203,8 @@ def test_flax_and_safetensors_forms_agree(priors, sds_step):
   _assert_trees_equal(out_flax, out_st)
 
 
-def test_latent_sds_gradient_is_encoder_vjp(priors, sds_step):
-  prior = priors['flax']
+def test_latent_sds_gradient_is_encoder_vjp(loaded_priors, sds_step):
+  prior = loaded_priors['flax']
   images = jax.random.uniform(jax.random.key(1), (2, 24, 24, 3))
   out = sds_step(prior, images, *_cameras())
   scale = np.abs(out['target_vjp']).max()
@@ -214,8 +215,8 @@ def test_latent_sds_gradient_is_encoder_vjp(priors, sds_step):
     np.testing.assert_array_equal(leaf, 0.0)
 
 
-def test_pixel_sds_gradient(priors, sds_step):
-  prior = priors['pixel']
+def test_pixel_sds_gradient(loaded_priors, sds_step):
+  prior = loaded_priors['pixel']
   # At the UNet's size there is no resize: x = 2 images - 1.
   images = jax.random.uniform(jax.random.key(1), (2, 16, 16, 3))
   out = sds_step(prior, images, *_cameras())
@@ -229,8 +230,8 @@ def test_pixel_sds_gradient(priors, sds_step):
       rtol=1e-4)
 
 
-def test_prior_unchanged_by_training_steps(priors, sds_step):
-  prior = priors['flax']
+def test_prior_unchanged_by_training_steps(loaded_priors, sds_step):
+  prior = loaded_priors['flax']
   before = jax.tree.map(np.array, prior)
   # Train the render itself with Adam for two steps.
   start = jax.random.uniform(jax.random.key(1), (2, 24, 24, 3))
@@ -260,7 +261,7 @@ def test_missing_hub_model_is_one_sentence(tmp_path, monkeypatch):
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   monkeypatch.setenv('HF_HUB_CACHE', str(cache))
   with pytest.raises(errors.UserError) as info:
-    guidance.load_prior(_config('nobody/no-such-model'))
+    priors.load_prior(_config('nobody/no-such-model'))
   message = str(info.value)
   assert 'nobody/no-such-model' in message
   assert str(cache) in message
@@ -276,7 +277,7 @@ def test_missing_folder_and_bad_layout(tmp_path):
     hub.resolve(tmp_path / 'nowhere')
   (tmp_path / 'empty').mkdir()
   with pytest.raises(errors.UserError, match='diffusers layout'):
-    guidance.load_prior(_config(str(tmp_path / 'empty')))
+    priors.load_prior(_config(str(tmp_path / 'empty')))
 
 
 def test_weights_that_do_not_fit_the_config(models, tmp_path):
@@ -299,13 +300,13 @@ def test_pickle_refused_unless_allowed(models, tmp_path):
   (unet / 'diffusion_pytorch_model.safetensors').rename(
       unet / 'diffusion_pytorch_model.bin')
   with pytest.raises(errors.UserError, match='allow_pickle') as info:
-    guidance.load_prior(_config(str(folder)))
+    priors.load_prior(_config(str(folder)))
   assert 'diffusion_pytorch_model.bin' in str(info.value)
   try:
     import torch  # pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
     with pytest.raises(errors.UserError, match='need torch'):
-      guidance.load_prior(_config(str(folder), allow_pickle=True))
+      priors.load_prior(_config(str(folder), allow_pickle=True))
 
 
 def test_only_flax_deprecation_notices_are_silenced():

@@ -16,6 +16,7 @@ torch = pytest.importorskip('torch')
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from configs import default
 from dreamfusion_jax import guidance
+from dreamfusion_jax import priors
 import tiny_models  # tests/ is on sys.path under pytest.
 import diffusers
 import transformers
@@ -37,7 +38,7 @@ def test_flax_prior_matches_pytorch(tmp_path):
   config.prompt = 'a red cube'
   config.guidance.model = str(folder)
   config.guidance.dtype = 'float32'
-  prior = guidance.load_prior(config)
+  prior = priors.load_prior(config)
   torch.manual_seed(0)
 
   # Text: the front-view prompt's embedding.

@@ -67,7 +67,7 @@ def test_notebook_structure():
       assert not any(line.lstrip().startswith(('!', '%'))
                      for line in source.splitlines()), source[:80]
   script = notebook_script(notebook)
-  assert 'train.train_and_evaluate(config, WORKDIR)' in script
+  assert 'train.train_and_export(config, WORKDIR)' in script
   assert 'RUN_STABLE_DIFFUSION = False' in script
   assert 'dreamfusion_sd' in script
   compile(script, str(NOTEBOOK), 'exec')

@@ -38,10 +38,8 @@ EXPECTED_VIEW = np.array([0, 0, 1, 1, 1, 2, 2, 2, 1,
 
 
 def _schedule():
-  # Stable Diffusion's scaled-linear schedule, written out so these tests
-  # need no diffusers import.
-  betas = np.linspace(0.00085**0.5, 0.012**0.5, T, dtype=np.float64)**2
-  return jnp.asarray(np.cumprod(1 - betas), jnp.float32)
+  # Stable Diffusion's scaled-linear schedule.
+  return jnp.asarray(prior_lib.noise_schedule(T, 0.00085, 0.012))
 
 
 def _trap(fn):

@@ -15,7 +15,7 @@ from dreamfusion_jax import shading
 from dreamfusion_jax.guidance import prior as prior_lib
 from dreamfusion_jax.toy import metrics
 from dreamfusion_jax.toy import objects
-from dreamfusion_jax.toy import prior as toy_prior
+from dreamfusion_jax.toy import exact_prior
 from dreamfusion_jax.toy import raytrace
 
 # Points (inside, outside) of each object, chosen near its boundary.
@@ -60,7 +60,7 @@ def _toy_config(resolution=32, images_per_view=8, supersample=1):
 def toy():
   """A small toy prior (160 images of 32 x 32) and its config."""
   config = _toy_config()
-  return config, toy_prior.make_toy_prior(config)
+  return config, exact_prior.make_toy_prior(config)
 
 
 # Objects.
@@ -231,7 +231,7 @@ def test_snowman_nose_faces_plus_x():
 
 
 def test_schedule_is_scaled_linear():
-  abar = toy_prior.alphas_cumprod(1000, 0.00085, 0.012)
+  abar = prior_lib.noise_schedule(1000, 0.00085, 0.012)
   betas = 1.0 - abar[1:] / abar[:-1]
   assert abar[0] == pytest.approx(1.0 - 0.00085, rel=1e-6)
   assert betas[-1] == pytest.approx(0.012, rel=1e-3)
@@ -241,7 +241,7 @@ def test_schedule_is_scaled_linear():
 
 def test_view_cameras_fall_in_their_bins():
   config = default.get_config()
-  cams, views = toy_prior.sample_view_cameras(jax.random.key(3),
+  cams, views = exact_prior.sample_view_cameras(jax.random.key(3),
                                               config.camera, 8)
   np.testing.assert_array_equal(
       prior_lib.view_index(cams.azimuth, cams.elevation), views)
@@ -252,7 +252,7 @@ def test_camera_ranges_without_a_view_are_a_user_error():
   config = default.get_config()
   config.camera.elevation_range = (-10.0, 45.0)  # Never overhead.
   with pytest.raises(errors.UserError, match='overhead'):
-    toy_prior.sample_view_cameras(jax.random.key(0), config.camera, 2)
+    exact_prior.sample_view_cameras(jax.random.key(0), config.camera, 2)
 
 
 def test_image_set_layout_and_determinism(toy):
@@ -264,7 +264,7 @@ def test_image_set_layout_and_determinism(toy):
   assert -1.0 <= images.min() and images.max() <= 1.0
   np.testing.assert_array_equal(
       np.bincount(groups), [config.toy.images_per_view] * 20)
-  again = toy_prior.make_toy_prior(config)
+  again = exact_prior.make_toy_prior(config)
   np.testing.assert_array_equal(again.params['images'], images)
 
 
@@ -273,8 +273,8 @@ def test_prior_front_group_shows_the_nose_back_group_rarely(toy):
   images = (np.asarray(prior.params['images']) + 1.0) / 2.0
   groups = np.asarray(prior.params['groups'])
   snowman = objects.prompt_index('a snowman')
-  front = _orange_pixels(images[groups == toy_prior.group_index(snowman, 0)])
-  back = _orange_pixels(images[groups == toy_prior.group_index(snowman, 2)])
+  front = _orange_pixels(images[groups == exact_prior.group_index(snowman, 0)])
+  back = _orange_pixels(images[groups == exact_prior.group_index(snowman, 2)])
   # Textureless and unlit renders hide the colour, and the nose tip can peek
   # past the head at |azimuth - 180| near 45 degrees.
   assert front.sum() > 4 * max(back.sum(), 1)
@@ -322,7 +322,7 @@ def test_posterior_matches_reference_for_union_and_group(toy, t):
   group = 4 * 3 + 1  # (a yellow torus, side)
   one_hot = jax.nn.one_hot(group, 20)
   emb = jnp.stack([prior.uncond_embedding, one_hot])
-  logits = jax.jit(toy_prior.posterior_logits)(
+  logits = jax.jit(exact_prior.posterior_logits)(
       prior.params, z, jnp.full((2,), t, jnp.int32), emb)
   p = np.asarray(jax.nn.softmax(logits, axis=-1))
   np.testing.assert_allclose(
@@ -341,9 +341,9 @@ def test_one_hot_embedding_only_weighs_its_group(toy):
   x = prior.params['images'][jnp.array([3, 3])]
   t = jnp.full((2,), 20, jnp.int32)
   z, _, _, _ = _noisy(prior, x, t, jax.random.key(1))
-  group = toy_prior.group_index(objects.prompt_index('a snowman'), 0)
+  group = exact_prior.group_index(objects.prompt_index('a snowman'), 0)
   emb = jnp.stack([prior.uncond_embedding, jax.nn.one_hot(group, 20)])
-  x0 = np.asarray(jax.jit(toy_prior.posterior_mean)(prior.params, z, t, emb))
+  x0 = np.asarray(jax.jit(exact_prior.posterior_mean)(prior.params, z, t, emb))
   images = np.asarray(prior.params['images'])
   nearest = np.argmin(np.abs(images[None] - x0[:, None]).sum((2, 3, 4)), 1)
   assert nearest[0] == 3 and groups[nearest[1]] == group
@@ -362,17 +362,17 @@ def test_predict_noise_finite_over_all_timesteps(toy):
 
 def test_embeddings_views_negative_prompt_and_errors():
   config = _toy_config()
-  view_emb, uncond = toy_prior.embeddings(config)
+  view_emb, uncond = exact_prior.embeddings(config)
   snowman = objects.prompt_index('a snowman')
   np.testing.assert_array_equal(
-      np.argmax(view_emb, 1), [toy_prior.group_index(snowman, v)
+      np.argmax(view_emb, 1), [exact_prior.group_index(snowman, v)
                                for v in range(4)])
   np.testing.assert_array_equal(view_emb.sum(1), 1.0)
   np.testing.assert_array_equal(uncond, 1.0)
 
   config.guidance.view_prompts = False
   config.negative_prompt = 'a red cube'
-  view_emb, uncond = toy_prior.embeddings(config)
+  view_emb, uncond = exact_prior.embeddings(config)
   want = np.zeros(20)
   want[16:20] = 1.0
   np.testing.assert_array_equal(view_emb, [want] * 4)
@@ -380,11 +380,11 @@ def test_embeddings_views_negative_prompt_and_errors():
 
   config.negative_prompt = 'blurry'
   with pytest.raises(errors.UserError, match='negative_prompt'):
-    toy_prior.embeddings(config)
+    exact_prior.validate(config)
   config.negative_prompt = ''
   config.prompt = 'a DSLR photo of a hamburger'
   with pytest.raises(errors.UserError, match='a blue sphere'):
-    toy_prior.embeddings(config)
+    exact_prior.validate(config)
 
 
 def test_encode_rescales_and_resizes(toy):

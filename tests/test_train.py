@@ -19,8 +19,10 @@ from configs import default
 from configs import tiny
 from dreamfusion_jax import checkpoint
 from dreamfusion_jax import errors
-from dreamfusion_jax import guidance
+from dreamfusion_jax import priors
+from dreamfusion_jax import runs
 from dreamfusion_jax import train
+from dreamfusion_jax import train_step
 from dreamfusion_jax.nerf import field
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -84,13 +86,13 @@ def test_two_processes_give_the_same_update(one_device_four_views, tmp_path):
 def tiny_setup():
   """(state, key, prior, make_step) for configs/tiny.py on this process."""
   config = tiny.get_config()
-  mesh = train.make_mesh()
+  mesh = train_step.make_mesh()
   model = field.make_model(config)
-  tx = train.make_optimizer(config)
-  prior = train.replicate(guidance.load_prior(config), mesh)
-  state, key = train.initial_state(0, model, tx, mesh)
-  return state, key, prior, lambda: train.make_train_step(config, model, tx,
-                                                          mesh)
+  tx = train_step.make_optimizer(config)
+  prior = train_step.replicate(priors.load_prior(config), mesh)
+  state, key = train_step.initial_state(0, model, tx, mesh)
+  return state, key, prior, lambda: train_step.make_train_step(
+      config, model, tx, mesh)
 
 
 _NO_ORIENTATION = {'loss.orientation_weight_start': 0.0,
@@ -114,7 +116,7 @@ def test_normals_are_rendered_only_when_something_uses_them(overrides,
   for key, value in overrides.items():
     group, name = key.split('.')
     config[group][name] = value
-  assert train.needs_normals(config) == expected
+  assert train_step.needs_normals(config) == expected
 
 
 def test_step_is_traced_once_and_prior_is_untouched(tiny_setup):
@@ -163,7 +165,7 @@ def _launch(workdir, *overrides, wait=True):
 
 
 def _final_params(workdir, step):
-  _, _, params, restored = train.load_trained(str(workdir), step)
+  _, _, params, restored = runs.load_trained(str(workdir), step)
   assert restored == step
   return jax.tree.map(np.asarray, params)
 
@@ -285,15 +287,15 @@ def test_checkpoint_restores_on_a_different_device_count(tmp_path):
           '"--xla_force_host_platform_device_count=4"; '
           'import jax, jax.numpy as jnp; from jax.sharding import '
           'NamedSharding, PartitionSpec as P; '
-          'from dreamfusion_jax import checkpoint, train; '
-          'mesh = train.make_mesh(); assert jax.device_count() == 4; '
+          'from dreamfusion_jax import checkpoint, train_step; '
+          'mesh = train_step.make_mesh(); assert jax.device_count() == 4; '
           'x = jax.device_put({"a": jnp.arange(6.0)}, '
           'NamedSharding(mesh, P())); '
           f'c = checkpoint.Checkpointer("{tmp_path}", 2); c.save(3, x); '
           'c.close()')], env=_env(), cwd=ROOT, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   ckpt = checkpoint.Checkpointer(str(tmp_path), 2)
-  sharding = jax.sharding.NamedSharding(train.make_mesh(),
+  sharding = jax.sharding.NamedSharding(train_step.make_mesh(),
                                         jax.sharding.PartitionSpec())
   abstract = {'a': jax.ShapeDtypeStruct((6,), jnp.float32, sharding=sharding)}
   restored = ckpt.restore(abstract)

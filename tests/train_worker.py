@@ -26,18 +26,18 @@ def main(out, devices, batch, steps, process_id=None, num_processes=None,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jax.flatten_util import ravel_pytree  # pylint: disable=g-import-not-at-top
   from configs import tiny  # pylint: disable=g-import-not-at-top
-  from dreamfusion_jax import guidance  # pylint: disable=g-import-not-at-top
-  from dreamfusion_jax import train  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import priors  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import train_step  # pylint: disable=g-import-not-at-top
   from dreamfusion_jax.nerf import field  # pylint: disable=g-import-not-at-top
 
   config = tiny.get_config()
   config.batch_per_device = int(batch)
-  mesh = train.make_mesh()
+  mesh = train_step.make_mesh()
   model = field.make_model(config)
-  tx = train.make_optimizer(config)
-  prior = train.replicate(guidance.load_prior(config), mesh)
-  state, base_key = train.initial_state(config.seed, model, tx, mesh)
-  step_fn = train.make_train_step(config, model, tx, mesh)
+  tx = train_step.make_optimizer(config)
+  prior = train_step.replicate(priors.load_prior(config), mesh)
+  state, base_key = train_step.initial_state(config.seed, model, tx, mesh)
+  step_fn = train_step.make_train_step(config, model, tx, mesh)
   for _ in range(int(steps)):
     state, metrics = step_fn(state, prior, base_key)
   flat = ravel_pytree(jax.device_get(state.params))[0]

@@ -1,20 +1,26 @@
-"""The frozen 2D diffusion prior and Score Distillation Sampling.
+"""The frozen 2D diffusion prior's interface and Score Distillation Sampling.
 
-  prior = guidance.load_prior(config)      # once, before training
   loss, aux = guidance.sds_loss(prior, images, azimuth, elevation, key,
                                 scale=..., t_min=..., t_max=...,
                                 weighting=...)  # inside the jitted step
 
-`config.guidance.model` picks the prior: 'toy' (the offline toy world),
-or a Hugging Face hub id or a diffusers-layout folder (Stable Diffusion, or a
-pixel-space model when the folder has no vae/). Only this package imports
-diffusers and transformers, and only when a real model is loaded.
+  prior          the `Prior` interface: frozen params, embeddings, schedule,
+                 `encode` and `predict_noise`; view choice; noise schedules
+  sds            the SDS surrogate loss (paper equation 3) and CFG
+  stable_diffusion  Stable Diffusion (or a pixel-space diffusers UNet) as a
+                 Prior, loaded from a hub id or a diffusers-layout folder
+  hub, quiet     finding weights offline; silencing deprecation chatter
+
+`dreamfusion_jax.priors.load_prior(config)` picks a prior by
+`config.guidance.model`. Only this package (and evaluation's CLIP loading)
+imports diffusers and transformers, and only when a real model is loaded.
 """
 
 from typing import List
 
 import ml_collections
 
+from dreamfusion_jax import errors
 from dreamfusion_jax.guidance import prior
 from dreamfusion_jax.guidance import sds
 
@@ -32,24 +38,26 @@ def view_prompts(prompt: str, enabled: bool = True) -> List[str]:
   return [f'{prompt}, {view} view' for view in prior.VIEWS]
 
 
-def load_prior(config: ml_collections.ConfigDict) -> prior.Prior:
-  """The prior named by config.guidance.model, with its text embeddings.
-
-  Embeddings of the view prompts and of config.negative_prompt (the empty
-  prompt when unset) are computed here, once; the text encoder is dropped.
-  """
-  if config.guidance.model == 'toy':
-    # pylint: disable-next=g-import-not-at-top
-    from dreamfusion_jax.toy import prior as toy_prior
-    return toy_prior.make_toy_prior(config)
-  # Imported here: diffusers and transformers take seconds to import and the
-  # toy world does not need them.
-  # pylint: disable-next=g-import-not-at-top
-  from dreamfusion_jax.guidance import stable_diffusion
-  return stable_diffusion.load(
-      config.guidance.model,
-      view_prompts(config.prompt, config.guidance.view_prompts),
-      config.negative_prompt,
-      revision=config.guidance.revision,
-      dtype=config.guidance.dtype,
-      allow_pickle=config.guidance.allow_pickle)
+def validate(guidance_config: ml_collections.ConfigDict) -> None:
+  """Raises UserError with one sentence for an invalid `guidance` group."""
+  g = guidance_config
+  if not 0.0 <= g.t_min < g.t_max <= 1.0:
+    raise errors.UserError(
+        f'guidance.t_min = {g.t_min} and guidance.t_max = {g.t_max} must '
+        'satisfy 0 <= t_min < t_max <= 1; the paper uses 0.02 and 0.98.')
+  if g.t_max_end is not None and not g.t_min < g.t_max_end <= g.t_max:
+    raise errors.UserError(
+        f'guidance.t_max_end = {g.t_max_end} must lie in (t_min, t_max] = '
+        f'({g.t_min}, {g.t_max}]; leave it unset for a constant t_max.')
+  if g.scale < 0:
+    raise errors.UserError(
+        f'guidance.scale = {g.scale} is negative; use 0 (no guidance) or '
+        'more (the paper uses 100).')
+  if g.weighting not in sds.WEIGHTINGS:
+    raise errors.UserError(
+        f"guidance.weighting = '{g.weighting}' is unknown; use one of "
+        f"{', '.join(repr(w) for w in sds.WEIGHTINGS)}.")
+  if g.dtype not in prior.DTYPES:
+    raise errors.UserError(
+        f"guidance.dtype = '{g.dtype}' is unknown; use one of "
+        f"{', '.join(repr(d) for d in prior.DTYPES)}.")

@@ -8,14 +8,20 @@ knowing which model is behind them (Stable Diffusion, a pixel-space model, or
 the toy world's exact denoiser).
 """
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from dreamfusion_jax import errors
 
 # Order of the view-dependent embeddings (DESIGN.md section 4).
 VIEWS = ('front', 'side', 'back', 'overhead')
+# Compute dtypes of a prior's networks (guidance.dtype); 'auto' is bfloat16
+# on accelerators and float32 on CPU.
+DTYPES = ('auto', 'float32', 'bfloat16')
 
 
 @flax.struct.dataclass
@@ -64,3 +70,44 @@ def view_index(azimuth, elevation, overhead_elevation=60.0,
   back = jnp.abs(jnp.abs(az) - 180.0) <= front_half_width
   view = jnp.where(front, 0, jnp.where(back, 2, 1))
   return jnp.where(elevation > overhead_elevation, 3, view).astype(jnp.int32)
+
+
+def noise_schedule(num_timesteps: int, beta_start: float, beta_end: float,
+                   beta_schedule: str = 'scaled_linear',
+                   trained_betas: Optional[Sequence[float]] = None
+                   ) -> np.ndarray:
+  """alpha-bar_t = prod_{s <= t} (1 - beta_s) of a discrete schedule.
+
+  In the paper's notation alpha_t^2 = alpha-bar_t and sigma_t^2 = 1 -
+  alpha-bar_t (section 2, variance preserving).
+
+  Args:
+    num_timesteps: T.
+    beta_start, beta_end: the first and last beta.
+    beta_schedule: 'scaled_linear' (latent diffusion's, linear in
+      sqrt(beta); Stable Diffusion and the toy prior), 'linear' (DDPM) or
+      'squaredcos_cap_v2' (Nichol & Dhariwal's cosine, betas capped at
+      0.999).
+    trained_betas: explicit betas, which override the rest.
+
+  Returns:
+    [T] float32, decreasing from 1 - beta_1.
+  """
+  if trained_betas is not None:
+    betas = np.asarray(trained_betas, np.float64)
+  elif beta_schedule == 'scaled_linear':
+    betas = np.linspace(np.sqrt(beta_start), np.sqrt(beta_end),
+                        num_timesteps, dtype=np.float64)**2
+  elif beta_schedule == 'linear':
+    betas = np.linspace(beta_start, beta_end, num_timesteps,
+                        dtype=np.float64)
+  elif beta_schedule == 'squaredcos_cap_v2':
+    def abar(u):
+      return np.cos((u + 0.008) / 1.008 * np.pi / 2)**2
+    u = np.arange(num_timesteps, dtype=np.float64) / num_timesteps
+    betas = np.minimum(1 - abar(u + 1 / num_timesteps) / abar(u), 0.999)
+  else:
+    raise errors.UserError(
+        f'The scheduler config has beta_schedule {beta_schedule!r}; '
+        'supported are linear, scaled_linear and squaredcos_cap_v2.')
+  return np.cumprod(1.0 - betas).astype(np.float32)

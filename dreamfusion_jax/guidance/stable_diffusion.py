@@ -82,19 +82,17 @@ Params = Any
 
 def resolve_dtype(name: str) -> jnp.dtype:
   """'auto' -> bfloat16 on accelerators, float32 on CPU; else the name."""
+  if name not in prior_lib.DTYPES:
+    raise errors.UserError(
+        f'guidance.dtype is {name!r}; use one of '
+        f'{", ".join(prior_lib.DTYPES)}.')
   if name == 'auto':
     return jnp.bfloat16 if jax.default_backend() != 'cpu' else jnp.float32
-  if name in ('float32', 'bfloat16'):
-    return jnp.dtype(name)
-  raise errors.UserError(
-      f'guidance.dtype is {name!r}; use auto, float32 or bfloat16.')
+  return jnp.dtype(name)
 
 
 def alphas_cumprod(scheduler_config: Dict[str, Any]) -> np.ndarray:
-  """alpha-bar_t = prod_{s<=t} (1 - beta_s) of a diffusers scheduler config.
-
-  In the paper's notation alpha_t^2 = alpha-bar_t and sigma_t^2 = 1 -
-  alpha-bar_t (section 2, variance preserving).
+  """alpha-bar_t of a diffusers scheduler config (`prior.noise_schedule`).
 
   Args:
     scheduler_config: the scheduler_config.json contents.
@@ -102,29 +100,12 @@ def alphas_cumprod(scheduler_config: Dict[str, Any]) -> np.ndarray:
   Returns:
     [num_train_timesteps] float32.
   """
-  steps = int(scheduler_config.get('num_train_timesteps', 1000))
-  start = float(scheduler_config.get('beta_start', 0.0001))
-  end = float(scheduler_config.get('beta_end', 0.02))
-  schedule = scheduler_config.get('beta_schedule', 'linear')
-  trained = scheduler_config.get('trained_betas')
-  if trained is not None:
-    betas = np.asarray(trained, np.float64)
-  elif schedule == 'linear':
-    betas = np.linspace(start, end, steps, dtype=np.float64)
-  elif schedule == 'scaled_linear':
-    # Latent diffusion's schedule: linear in sqrt(beta).
-    betas = np.linspace(start**0.5, end**0.5, steps, dtype=np.float64)**2
-  elif schedule == 'squaredcos_cap_v2':
-    # Nichol & Dhariwal's cosine schedule, betas capped at 0.999.
-    def abar(u):
-      return np.cos((u + 0.008) / 1.008 * np.pi / 2)**2
-    u = np.arange(steps, dtype=np.float64) / steps
-    betas = np.minimum(1 - abar(u + 1 / steps) / abar(u), 0.999)
-  else:
-    raise errors.UserError(
-        f'The scheduler config has beta_schedule {schedule!r}; supported are '
-        'linear, scaled_linear and squaredcos_cap_v2.')
-  return np.cumprod(1.0 - betas).astype(np.float32)
+  return prior_lib.noise_schedule(
+      int(scheduler_config.get('num_train_timesteps', 1000)),
+      float(scheduler_config.get('beta_start', 0.0001)),
+      float(scheduler_config.get('beta_end', 0.02)),
+      scheduler_config.get('beta_schedule', 'linear'),
+      scheduler_config.get('trained_betas'))
 
 
 # ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ a sigmoid. The background is an MLP of the encoded view direction or a
 constant colour.
 """
 
+import functools
 from typing import Sequence, Tuple
 
 import flax.linen as nn
@@ -169,3 +170,22 @@ def init_params(key, model: NeRF):
   """Initial parameters of `model`."""
   x = jnp.zeros((1, 3), jnp.float32)
   return model.init(key, x, x)
+
+
+def _density(model, params, points):
+  return model.apply(params, points, method=model.density_and_albedo)[0]
+
+
+def _albedo(model, params, points):
+  return model.apply(params, points, method=model.density_and_albedo)[1]
+
+
+def point_functions(model: NeRF, params):
+  """(density_fn, albedo_fn) of a NeRF: [N, 3] -> [N] and [N, 3] -> [N, 3].
+
+  Both are `jax.tree_util.Partial`s: the params travel as traced pytree
+  leaves, not compile-time constants, which keeps compilation fast for
+  large (hash-grid) fields when the functions are passed into jit.
+  """
+  return (jax.tree_util.Partial(functools.partial(_density, model), params),
+          jax.tree_util.Partial(functools.partial(_albedo, model), params))

@@ -24,13 +24,13 @@ DESIGN.md section 7 found density > 5 a good surface level for the toy
 configuration.
 """
 
-import functools
 from typing import Callable, Dict
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dreamfusion_jax import numerics
 from dreamfusion_jax import render
 from dreamfusion_jax.toy import objects
 from dreamfusion_jax.toy import raytrace
@@ -56,13 +56,6 @@ def _project_to_surface(index, points):
     points = points - (objects.sdf(index, points)[:, None]
                        * raytrace.normals(index, points))
   return points, objects.sdf(index, points)
-
-
-def _apply(fn, points, chunk=_CHUNK) -> np.ndarray:
-  """fn over [N, 3] points in chunks of rows; outputs concatenated (numpy)."""
-  outs = [np.asarray(fn(jnp.asarray(points[i:i + chunk])))
-          for i in range(0, points.shape[0], chunk)]
-  return np.concatenate(outs)
 
 
 def grid_points(resolution: int = 64, bound: float = 1.0) -> np.ndarray:
@@ -92,8 +85,9 @@ def iou(name: str, density_fn: DensityFn, threshold: float,
   """
   index = objects.prompt_index(name)
   points = grid_points(resolution, bound)
-  generated = _apply(density_fn, points) > threshold
-  truth = _apply(functools.partial(_true_sdf, index), points) < 0.0
+  generated = numerics.evaluate_points(density_fn, points) > threshold
+  truth = numerics.evaluate_points(
+      jax.tree_util.Partial(_true_sdf, index), points) < 0.0
   union = np.sum(generated | truth)
   return float(np.sum(generated & truth) / max(union, 1))
 
@@ -165,7 +159,7 @@ def albedo_error(name: str, albedo_fn: AlbedoFn, num_points: int = 4096,
   points = surface_points(name, num_points, key)
   truth = np.asarray(objects.albedo(name, points))
   if density_fn is None:
-    generated = _apply(albedo_fn, points)
+    generated = numerics.evaluate_points(albedo_fn, points)
   else:
     generated = _seen_albedo(name, points, albedo_fn, density_fn, depth,
                              background)
@@ -181,8 +175,10 @@ def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
   s = depth - (np.arange(num_samples) + 0.5) * delta  # Outside to inside.
   samples = (points[:, None, :] + s[None, :, None] * n[:, None, :]).reshape(
       -1, 3).astype(np.float32)
-  density = _apply(density_fn, samples).reshape(len(points), num_samples)
-  albedo = _apply(albedo_fn, samples).reshape(len(points), num_samples, 3)
+  density = numerics.evaluate_points(density_fn, samples).reshape(
+      len(points), num_samples)
+  albedo = numerics.evaluate_points(albedo_fn, samples).reshape(
+      len(points), num_samples, 3)
   weights = np.asarray(render.compositing_weights(
       jnp.maximum(jnp.asarray(density), 0.0), delta))
   opacity = weights.sum(-1, keepdims=True)
@@ -243,12 +239,12 @@ def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
     points = _nose_box(resolution, side)
     _, head, nose = _snowman_parts(points)
     outside_head = np.asarray(head) > 0.02
-    occupied = _apply(density_fn, points) > threshold
+    occupied = numerics.evaluate_points(density_fn, points) > threshold
     occupancy = float(np.mean(occupied[outside_head]))
     if side > 0:
       gt_occupancy = float(np.mean(np.asarray(nose)[outside_head] < 0.0))
     if np.mean(occupied) >= 0.01:
-      albedo = _apply(albedo_fn, points[occupied])
+      albedo = numerics.evaluate_points(albedo_fn, points[occupied])
       is_orange = (np.abs(albedo - orange).sum(-1)
                    < np.abs(albedo - white).sum(-1))
       orange_fraction = float(np.mean(is_orange))

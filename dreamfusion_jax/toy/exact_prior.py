@@ -60,28 +60,17 @@ _MAX_ROUNDS = 8
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def alphas_cumprod(num_timesteps: int, beta_start: float,
-                   beta_end: float) -> np.ndarray:
-  """Stable Diffusion's scaled-linear schedule.
-
-  betas = linspace(sqrt(beta_start), sqrt(beta_end), T)^2 and
-  abar_t = prod_{s <= t} (1 - beta_s).
-
-  Returns:
-    [T] float32 abar_t, decreasing from 1 - beta_start.
-  """
-  betas = np.linspace(np.sqrt(beta_start), np.sqrt(beta_end), num_timesteps,
-                      dtype=np.float64)**2
-  return np.cumprod(1.0 - betas).astype(np.float32)
-
-
 def group_index(prompt: int, view: int) -> int:
   """Group of (prompt index, view index): prompt-major, then VIEWS order."""
   return prompt * NUM_VIEWS + view
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises UserError for a config the toy prior cannot serve."""
+  """Raises UserError for a config the toy prior cannot serve.
+
+  Run once per run, with the rest of the config's checks
+  (`priors.validate`); `make_toy_prior` assumes a valid config.
+  """
   objects.check_prompt(config.prompt)
   if config.negative_prompt and config.negative_prompt not in objects.PROMPTS:
     known = ', '.join(repr(p) for p in objects.PROMPTS)
@@ -214,7 +203,6 @@ def embeddings(config: ml_collections.ConfigDict
     uncond_embedding [G]: all ones (the union of all prompts), or the
     negative prompt's four groups when config.negative_prompt is set.
   """
-  validate(config)
   p = objects.prompt_index(config.prompt)
   if config.guidance.view_prompts:
     view_emb = np.zeros((NUM_VIEWS, NUM_GROUPS), np.float32)
@@ -314,16 +302,15 @@ def make_toy_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
     'groups': [N] int32, 'alphas_cumprod': [T]} and whose embeddings are
     [G] group-weight vectors.
   """
-  validate(config)
   start = time.time()
   images, groups = render_image_set(config)
   logging.info('Toy prior: %d images of %dx%d rendered in %.1f s.',
                images.shape[0], images.shape[1], images.shape[2],
                time.time() - start)
   view_emb, uncond = embeddings(config)
-  schedule = jnp.asarray(alphas_cumprod(config.toy.num_timesteps,
-                                        config.toy.beta_start,
-                                        config.toy.beta_end))
+  schedule = jnp.asarray(prior_lib.noise_schedule(config.toy.num_timesteps,
+                                                  config.toy.beta_start,
+                                                  config.toy.beta_end))
   params = {
       'images': jnp.asarray(2.0 * images - 1.0, jnp.float32),
       'groups': jnp.asarray(groups),

@@ -1,0 +1,8 @@
+"""Scores of trained objects; the top floor of the library.
+
+  clip_r_precision  CLIP R-Precision over a caption set (paper section 4,
+                    table 1), rendering each run's newest checkpoint
+  clip_model        CLIP image and text embeddings (transformers' Flax CLIP)
+  toy_sweep         the toy world's table: trains or reuses one run per
+                    (prompt, seed) and scores it against the true object
+"""

@@ -1,0 +1,199 @@
+"""The toy world's table: trained runs scored against the true objects.
+
+The toy world (DESIGN.md section 7) has known answers instead of captions:
+`toy_evaluate` trains (or reuses) one run per (toy prompt, seed) with
+`train.train_and_export` and scores it against the true object with
+`toy.metrics` (IoU, albedo error and, for the snowman, the Janus check);
+`format_toy_table` prints the results.
+"""
+
+import copy
+import json
+import os
+import time
+from typing import Dict, Sequence, Union
+
+import ml_collections
+import numpy as np
+
+from dreamfusion_jax import errors
+from dreamfusion_jax import files
+from dreamfusion_jax import runs
+from dreamfusion_jax import train
+from dreamfusion_jax.nerf import field
+from dreamfusion_jax.toy import metrics as toy_metrics
+from dreamfusion_jax.toy import objects as toy_objects
+
+PathLike = Union[str, os.PathLike]
+
+TOY_PROMPTS = toy_objects.PROMPTS
+TOY_RESULTS = 'toy_results.json'
+# Per workdir: the training time measured when toy_evaluate trained it.
+EVAL_FILE = 'eval.json'
+IOU_RESOLUTION = 64
+SNOWMAN = 'a snowman'
+
+
+def toy_workdir(root: PathLike, prompt: str, seed: int) -> str:
+  """ROOT/<prompt with spaces as _>/seed_<seed>."""
+  return os.path.join(os.fspath(root), prompt.replace(' ', '_'),
+                      f'seed_{seed}')
+
+
+def _read_json(path: str) -> Dict:
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _train_or_reuse(config: ml_collections.ConfigDict, workdir: str,
+                    export: bool) -> Dict:
+  """Trains the run in `workdir` unless it is complete; returns its timing.
+
+  A complete run is not touched (its config must still match); a partial one
+  resumes and its time adds to the time stored before. The stored time is
+  the wall time of `train.train_and_export` (prior loading and compilation
+  included), so a re-evaluation reports the time the run took to train.
+
+  Returns:
+    {'train_seconds': total training time (0 when unknown: trained
+    elsewhere), 'trained_now': bool, 'step': final step}.
+  """
+  eval_path = os.path.join(workdir, EVAL_FILE)
+  stored = _read_json(eval_path)
+  done = runs.latest_step(workdir)
+  complete = done is not None and done >= config.num_steps
+  if complete and not export:
+    train.validate_config(config)
+    runs.prepare_workdir(config, workdir)  # Refuses another config's run.
+    seconds, trained_now = 0.0, False
+  else:
+    t0 = time.time()
+    train.train_and_export(config, workdir)
+    seconds, trained_now = time.time() - t0, not complete
+  if trained_now:
+    total = stored.get('train_seconds', 0.0) + seconds
+    stored = {'train_seconds': total, 'num_steps': config.num_steps}
+    files.write_json(eval_path, stored)
+  return {'train_seconds': float(stored.get('train_seconds', 0.0)),
+          'trained_now': trained_now,
+          'step': int(runs.latest_step(workdir))}
+
+
+def score_toy_run(workdir: PathLike, prompt: str, threshold: float,
+                  resolution: int = IOU_RESOLUTION) -> Dict:
+  """toy.metrics of a run's newest checkpoint against the object `prompt`.
+
+  Returns:
+    {'iou', 'albedo_error', 'janus'}; 'janus' is the janus_check dict for the
+    snowman and None otherwise.
+  """
+  _, model, params, _ = runs.load_trained(os.fspath(workdir))
+  density_fn, albedo_fn = field.point_functions(model, params)
+  return {
+      'iou': toy_metrics.iou(prompt, density_fn, threshold, resolution),
+      'albedo_error': toy_metrics.albedo_error(prompt, albedo_fn,
+                                               density_fn=density_fn),
+      'janus': (toy_metrics.janus_check(density_fn, albedo_fn, threshold)
+                if prompt == SNOWMAN else None),
+  }
+
+
+def _summary(runs: Sequence[Dict]) -> Dict:
+  iou = np.asarray([r['iou'] for r in runs])
+  albedo = np.asarray([r['albedo_error'] for r in runs])
+  janus = [r['janus'] for r in runs if r['janus'] is not None]
+  return {
+      'seeds': [r['seed'] for r in runs],
+      'iou': iou.tolist(),
+      'iou_mean': float(iou.mean()),
+      'iou_std': float(iou.std()),
+      'albedo_error': albedo.tolist(),
+      'albedo_error_mean': float(albedo.mean()),
+      # Runs with a nose on the front / on the back (snowman only).
+      'nose_front': sum(j['front'] for j in janus) if janus else None,
+      'nose_back': sum(j['back'] for j in janus) if janus else None,
+      'minutes_per_run': float(np.mean([r['train_seconds']
+                                        for r in runs])) / 60.0,
+  }
+
+
+def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
+                 prompts: Sequence[str] = TOY_PROMPTS,
+                 seeds: Sequence[int] = (0, 1, 2), threshold: float = 5.0,
+                 export: bool = False) -> Dict:
+  """Trains (or reuses) and scores one toy run per (prompt, seed).
+
+  Each run lives in `toy_workdir(root, prompt, seed)` and is trained with
+  `config` with its prompt and seed set (and export.at_end = `export`); a
+  complete run is reused as it is. Its newest checkpoint is scored with
+  `score_toy_run`. The results are also written to ROOT/toy_results.json.
+
+  Args:
+    config: a toy config (guidance.model 'toy'), e.g. configs/toy.py.
+    root: folder of the runs.
+    prompts: toy prompts (toy.objects.PROMPTS).
+    seeds: seeds per prompt.
+    threshold: density of the surface for the IoU and the Janus check.
+    export: whether runs export turntables and meshes when they finish.
+
+  Returns:
+    A JSON-serialisable dict: 'threshold', 'iou_resolution', 'num_steps',
+    'runs' (one dict per (prompt, seed): 'prompt', 'seed', 'workdir',
+    'step', 'iou', 'albedo_error', 'janus', 'train_seconds', 'trained_now')
+    and 'prompts' {prompt: summary over seeds: 'seeds', 'iou', 'iou_mean',
+    'iou_std', 'albedo_error', 'albedo_error_mean', 'nose_front',
+    'nose_back' (run counts; None but for the snowman), 'minutes_per_run'}.
+  """
+  if config.guidance.model != 'toy':
+    raise errors.UserError(
+        f"guidance.model = '{config.guidance.model}'; the toy evaluation "
+        'needs a toy config such as configs/toy.py.')
+  if not prompts or not seeds:
+    raise errors.UserError('Pass at least one toy prompt and one seed.')
+  for prompt in prompts:
+    toy_objects.check_prompt(prompt)
+  runs = []
+  for prompt in prompts:
+    for seed in seeds:
+      run_config = copy.deepcopy(config)
+      run_config.prompt = prompt
+      run_config.seed = int(seed)
+      run_config.export.at_end = bool(export)
+      workdir = toy_workdir(root, prompt, seed)
+      timing = _train_or_reuse(run_config, workdir, export)
+      scores = score_toy_run(workdir, prompt, threshold)
+      runs.append({'prompt': prompt, 'seed': int(seed), 'workdir': workdir,
+                   **timing, **scores})
+  results = {
+      'threshold': float(threshold),
+      'iou_resolution': IOU_RESOLUTION,
+      'num_steps': int(config.num_steps),
+      'runs': runs,
+      'prompts': {p: _summary([r for r in runs if r['prompt'] == p])
+                  for p in prompts},
+  }
+  files.write_json(os.path.join(os.fspath(root), TOY_RESULTS), results)
+  return results
+
+
+def format_toy_table(results: Dict) -> str:
+  """A plain-text table of toy_evaluate's results, one row per prompt."""
+  header = (f"{'prompt':<16}{'seeds':>6}  {'IoU mean+-std':<15}"
+            f"{'IoU per seed':<24}{'albedo err':>11}{'nose F/B':>10}"
+            f"{'min/run':>9}")
+  lines = [
+      f"Toy world: IoU at density > {results['threshold']:g} on a "
+      f"{results['iou_resolution']}^3 grid, {results['num_steps']} steps",
+      '', header]
+  for prompt, row in results['prompts'].items():
+    per_seed = ' '.join(f'{v:.3f}' for v in row['iou'])
+    nose = ('-' if row['nose_front'] is None
+            else f"{row['nose_front']}/{row['nose_back']}")
+    lines.append(
+        f"{prompt:<16}{len(row['seeds']):>6}  "
+        f"{row['iou_mean']:.3f}+-{row['iou_std']:.3f}".ljust(39)
+        + f"{per_seed:<24}{row['albedo_error_mean']:>11.3f}{nose:>10}"
+        f"{row['minutes_per_run']:>9.2f}")
+  return '\n'.join(lines)

@@ -1,0 +1,145 @@
+"""The run folder: its config.json, its checkpoints, and runs under a root.
+
+    <workdir>/config.json          the resolved config (`prepare_workdir`)
+    <workdir>/checkpoints/<step>/  orbax train states (`checkpoint.py`)
+
+Everything that reads a finished run (export, evaluation, the notebook)
+comes through `load_trained`, which needs the train state's structure but
+not the trainer.
+"""
+
+import json
+import os
+import pathlib
+from typing import List, Optional
+
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import ml_collections
+
+from dreamfusion_jax import checkpoint as checkpoint_lib
+from dreamfusion_jax import errors
+from dreamfusion_jax import files
+from dreamfusion_jax import train_step
+from dreamfusion_jax.nerf import field
+
+CONFIG_FILE = 'config.json'
+
+# Fields that may differ when a run resumes. num_steps may grow to extend a
+# run (the learning-rate schedule then stretches from the resumed step on).
+_RESUMABLE_CHANGES = ('log.', 'checkpoint.', 'export.', 'multihost',
+                      'num_steps')
+
+
+def _flatten(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Checks the workdir is writable and holds no run of another config.
+
+  Writes `config.json` (atomically) only when both checks pass.
+  """
+  workdir = os.path.abspath(workdir)
+  parent = workdir
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    raise errors.UserError(
+        f'workdir {workdir} cannot be written ({parent} is not a writable '
+        'folder); pass a --workdir you can write to.')
+  new = json.loads(config.to_json_best_effort())
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    a, b = _flatten(old), _flatten(new)
+    for key in sorted(set(a) | set(b)):
+      if key.startswith(_RESUMABLE_CHANGES):
+        continue
+      if a.get(key) != b.get(key):
+        raise errors.UserError(
+            f'workdir {workdir} holds a run with {key} = {a.get(key)!r}, '
+            f'not {b.get(key)!r}; use a new --workdir or the same config.')
+  if jax.process_index() == 0:
+    try:
+      files.write_json(path, new)
+    except OSError as e:
+      raise errors.UserError(
+          f'workdir {workdir} cannot be written ({e.strerror}); pass a '
+          '--workdir you can write to.') from None
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The resolved config a run wrote to `<workdir>/config.json`."""
+  path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+  if not os.path.exists(path):
+    raise errors.UserError(
+        f'{workdir} has no config.json; pass the --workdir of a training '
+        'run.')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def workdirs_under(root: str) -> List[str]:
+  """The sorted subfolders of `root` that hold a config.json (trained runs)."""
+  found = sorted(str(p.parent)
+                 for p in pathlib.Path(root).glob(f'*/{CONFIG_FILE}'))
+  if not found:
+    raise errors.UserError(
+        f'No workdirs (folders with a config.json) under {str(root)!r}; pass '
+        'the folder that holds one workdir per prompt and seed.')
+  return found
+
+
+def latest_step(workdir: str) -> Optional[int]:
+  """The newest checkpoint step of a workdir; None when it has none."""
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    return None
+  ckpt = checkpoint_lib.Checkpointer(workdir, 1)
+  try:
+    return ckpt.latest_step()
+  finally:
+    ckpt.close()
+
+
+def load_trained(workdir: str, step=None):
+  """The config, model and parameters of a run's checkpoint.
+
+  Args:
+    workdir: the run's --workdir.
+    step: checkpoint step; the newest when None.
+
+  Returns:
+    (config, model, params, step).
+  """
+  config = load_config(workdir)
+  ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.keep)
+  try:
+    steps = ckpt.all_steps()
+    if not steps:
+      raise errors.UserError(
+          f'{ckpt.directory} holds no checkpoint; train first with '
+          f'experiments/train.py --workdir={workdir}.')
+    if step is not None and step not in steps:
+      raise errors.UserError(
+          f'{ckpt.directory} has no checkpoint for step {step}; it has '
+          f'{sorted(steps)}.')
+    model = field.make_model(config)
+    tx = train_step.make_optimizer(config)
+    mesh = train_step.make_mesh()
+    abstract, _ = jax.eval_shape(
+        lambda: train_step.initial_state(config.seed, model, tx, mesh))
+    state = ckpt.restore(
+        checkpoint_lib.abstract_like(abstract, NamedSharding(mesh, P())),
+        step)
+  finally:
+    ckpt.close()
+  return config, model, state.params, int(state.step)

@@ -1,0 +1,258 @@
+"""The train step: one jitted, pure, data-parallel SDS update.
+
+One step (DESIGN.md section 2):
+  1. key = fold_in(fold_in(base_key, step), global view index) for every view,
+     so each view's camera, light, shading mode, samples, t and noise depend
+     only on (seed, step, view): a resumed run continues exactly, and one
+     device with 4 views equals 4 devices with 1 view each.
+  2. Each device renders its `batch_per_device` views, computes the SDS
+     surrogate through the frozen prior and the regularisers (`batch_loss`).
+  3. Gradients are averaged over every device (`lax.pmean` inside
+     `jax.shard_map` over the 1-D mesh 'data'); the optax update follows.
+     A non-finite loss or gradient leaves params and optimiser state as they
+     were and counts a bad step.
+
+Also here: the train state (what a checkpoint holds), the mesh and
+replication, and the optimiser.
+"""
+
+import functools
+from typing import Any
+
+import flax
+import jax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from dreamfusion_jax import cameras
+from dreamfusion_jax import errors
+from dreamfusion_jax import losses
+from dreamfusion_jax import render
+from dreamfusion_jax import schedules
+from dreamfusion_jax import shading
+from dreamfusion_jax.guidance import sds
+from dreamfusion_jax.nerf import field
+
+AXIS = 'data'
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; this is what is checkpointed.
+
+  Attributes:
+    step: scalar int32, completed updates.
+    params: NeRF parameters.
+    opt_state: optax state.
+    bad_steps: scalar int32, consecutive non-finite updates skipped.
+    skipped: scalar int32, all non-finite updates skipped so far.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  bad_steps: jax.Array
+  skipped: jax.Array
+
+
+def make_mesh() -> jax.sharding.Mesh:
+  """1-D mesh over every device of every process, axis 'data'."""
+  return jax.make_mesh((jax.device_count(),), (AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def replicate(tree, mesh: jax.sharding.Mesh):
+  """Host arrays (equal on every process) -> arrays replicated on `mesh`.
+
+  Works across processes, where `jax.device_put` cannot target devices that
+  another process owns.
+  """
+  sharding = NamedSharding(mesh, P())
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding,
+                                                       np.asarray(x)), tree)
+
+
+def make_optimizer(config: ml_collections.ConfigDict
+                   ) -> optax.GradientTransformation:
+  """Adam with warm-up + cosine decay and global-norm clipping.
+
+  Hash tables get `hashgrid_lr_multiplier` times the MLP rate: their entries
+  receive sparse, small gradients (Instant-NGP trains them with a high rate).
+  """
+  c = config.optim
+  lr = schedules.learning_rate(c, config.num_steps)
+
+  def adam(scale):
+    return optax.adam(lambda step: scale * lr(step), b1=c.b1, b2=c.b2,
+                      eps=c.eps)
+
+  def label(path, _):
+    return 'hash' if any(getattr(k, 'key', None) == 'tables'
+                         for k in path) else 'mlp'
+
+  tx = optax.multi_transform(
+      {'mlp': adam(1.0), 'hash': adam(c.hashgrid_lr_multiplier)},
+      lambda params: jax.tree_util.tree_map_with_path(label, params))
+  if c.grad_clip > 0:
+    tx = optax.chain(optax.clip_by_global_norm(c.grad_clip), tx)
+  return tx
+
+
+def initial_state(seed: int, model, tx, mesh):
+  """A fresh TrainState and the base key, both replicated on `mesh`.
+
+  The seed is split into the parameters' init key and the base key of
+  every step's randomness.
+  """
+  def make():
+    init_key, base_key = jax.random.split(jax.random.key(seed))
+    params = field.init_params(init_key, model)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=tx.init(params),
+                       bad_steps=jnp.zeros((), jnp.int32),
+                       skipped=jnp.zeros((), jnp.int32))
+    return state, base_key
+  return jax.jit(make, out_shardings=NamedSharding(mesh, P()))()
+
+
+def _squeeze(tree):
+  return jax.tree.map(lambda x: x[:, 0], tree)
+
+
+def needs_normals(config: ml_collections.ConfigDict) -> bool:
+  """Whether training ever uses normals: lit views or the orientation loss.
+
+  A run that is albedo-only throughout with no orientation loss renders
+  without them, about 2.5x faster.
+  """
+  lit = (config.shading.albedo_steps < config.num_steps and
+         config.shading.lit_prob > 0)
+  # schedules.orientation_weight is 0 throughout when its end weight is.
+  return bool(lit or config.loss.orientation_weight_end > 0)
+
+
+def batch_loss(params, prior, keys, step, *, model, config):
+  """SDS + regularisers for a batch of views, each with its own key.
+
+  Args:
+    params: NeRF parameters.
+    prior: the frozen Prior.
+    keys: [B] PRNG keys, one per view: a view's camera, shading mode,
+      samples, t and noise depend on its key only.
+    step: scalar int.
+
+  Returns:
+    Scalar loss (mean over views) and a dict of scalar metrics.
+  """
+  split = jax.vmap(lambda k: jax.random.split(k, 4))(keys)
+  k_cam, k_shade, k_render, k_sds = (split[:, i] for i in range(4))
+  cams = _squeeze(jax.vmap(
+      lambda k: cameras.sample_cameras(k, config.camera, 1))(k_cam))
+  mode = _squeeze(jax.vmap(
+      lambda k: shading.sample(k, step, config.shading, 1))(k_shade))
+  out = render.render_views(
+      model, params, cams, mode, key=k_render,
+      resolution=config.render.resolution,
+      num_samples=config.render.num_samples,
+      scene_radius=config.render.scene_radius,
+      normals=needs_normals(config))
+  g = config.guidance
+  t_max = schedules.t_max(step, g, config.num_steps)
+
+  def one_view(image, azimuth, elevation, key):
+    loss, aux = sds.sds_loss(prior, image[None], azimuth[None],
+                             elevation[None], key, scale=g.scale,
+                             t_min=g.t_min, t_max=t_max,
+                             weighting=g.weighting)
+    return loss[0], jax.tree.map(lambda a: a[0], aux)
+
+  sds_loss, aux = jax.vmap(one_view)(out['rgb'], cams.azimuth,
+                                     cams.elevation, k_sds)
+  orient = losses.orientation(out['weights'], out['sample_normals'],
+                              out['directions'])
+  opacity = losses.opacity(out['opacity'])
+  entropy = losses.entropy(out['opacity'])
+  distortion = losses.distortion(out['weights'], out['t'], out['delta'],
+                                 2.0 * config.render.scene_radius)
+  w_orient = schedules.orientation_weight(step, config.loss, config.num_steps)
+  w_distortion = schedules.distortion_weight(step, config.loss,
+                                             config.num_steps)
+  total = (jnp.mean(sds_loss) + w_orient * orient +
+           config.loss.opacity_weight * opacity +
+           config.loss.entropy_weight * entropy +
+           w_distortion * distortion)
+  metrics = {
+      'train/loss': total,
+      'train/sds': jnp.mean(sds_loss),
+      'train/orientation': orient,
+      'train/opacity': opacity,
+      'train/entropy': entropy,
+      'train/distortion': distortion,
+      'train/mean_opacity': jnp.mean(out['opacity']),
+      'train/residual_norm': jnp.mean(aux['residual_norm']),
+      'train/t': jnp.mean(aux['t_frac']),
+      'train/textureless': jnp.mean(mode.textureless),
+      'train/lit': jnp.mean((mode.diffuse > 0).astype(jnp.float32)),
+      'schedule/orientation_weight': w_orient,
+      'schedule/t_max': t_max,
+      'schedule/distortion_weight': w_distortion,
+  }
+  return total, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
+  """Builds `train_step(state, prior, base_key) -> (state, metrics)`, jitted.
+
+  `state` is donated. Every input and output is replicated over the mesh;
+  inside, each device works on its own views and gradients are pmean-ed.
+  """
+  batch = config.batch_per_device
+  lr = schedules.learning_rate(config.optim, config.num_steps)
+
+  def per_device(state: TrainState, prior, base_key):
+    step_key = jax.random.fold_in(base_key, state.step)
+    first = jax.lax.axis_index(AXIS) * batch
+    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, first + i))(
+        jnp.arange(batch))
+
+    loss_fn = functools.partial(batch_loss, prior=prior, keys=keys,
+                                step=state.step, model=model, config=config)
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    metrics = jax.lax.pmean(metrics, AXIS)
+
+    finite = jnp.isfinite(metrics['train/loss']) & jnp.all(jnp.array(
+        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    # Zero non-finite gradients before the update so optimiser moments never
+    # see NaN; the update is then discarded anyway.
+    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+    updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    keep = lambda new, old: jnp.where(finite, new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=jax.tree.map(keep, params, state.params),
+        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+        bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
+        skipped=state.skipped + jnp.where(finite, 0, 1))
+    metrics['train/grad_norm'] = optax.global_norm(grads)
+    metrics['train/finite'] = finite.astype(jnp.float32)
+    metrics['schedule/learning_rate'] = lr(state.step)
+    return new_state, metrics
+
+  sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P()),
+                          out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def validate_optim(optim_config: ml_collections.ConfigDict) -> None:
+  """Raises UserError with one sentence for an invalid `optim` group."""
+  if optim_config.learning_rate <= 0:
+    raise errors.UserError(
+        f'optim.learning_rate = {optim_config.learning_rate} must be '
+        'positive.')
