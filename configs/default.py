@@ -43,9 +43,22 @@ def get_config() -> ml_collections.ConfigDict:
   # Volume rendering.
   config.render = render = ml_collections.ConfigDict()
   render.resolution = 64  # Square render size in pixels.
-  render.num_samples = 64  # Stratified samples per ray.
+  render.num_samples = 64  # Stratified samples per ray (and in eval renders).
   render.scene_radius = 1.4  # Bounding sphere; samples lie inside it.
   render.chunk = 8192  # Rays per chunk in full-image (eval) renders.
+  # Training samples: 'stratified' (num_samples across the whole bound) or
+  # 'occupancy' (occupancy_samples in the cells where density can be).
+  render.sampler = 'stratified'
+  render.occupancy_samples = 16  # Samples per ray with the occupancy grid.
+  render.occupancy_resolution = 64  # Grid cells per axis over the bound.
+  render.occupancy_threshold = 0.1  # Density above which a cell is occupied.
+  render.occupancy_decay = 0.95  # Per update: how fast emptied cells fade.
+  render.occupancy_update_every = 16  # Steps between grid updates.
+  render.occupancy_candidates = 128  # Bins per ray where it is looked up.
+  # Normals: 'autodiff' (a VJP), 'central' or 'forward' finite differences.
+  render.normals = 'autodiff'
+  render.normal_eps = 0.01  # Finite-difference step (scene units).
+  render.field_chunk = 0  # Points per field evaluation in training; 0: all.
 
   # The neural field.
   config.nerf = nerf = ml_collections.ConfigDict()

@@ -42,6 +42,22 @@ def safe_sqrt(x, eps=1e-20):
   return jnp.sqrt(jnp.maximum(x, eps))
 
 
+def stratum_offsets(key, shape):
+  """Where each sample sits in its stratum: U(0, 1) of `shape`, or 0.5.
+
+  Args:
+    key: one PRNG key; a [B] array of keys when shape is [B, ...] (one per
+      view, so a view's samples do not depend on the batch it is rendered
+      in); or None for the strata's midpoints (deterministic evaluation).
+    shape: the offsets' shape.
+  """
+  if key is None:
+    return jnp.full(shape, 0.5)
+  if key.ndim == 1:
+    return jax.vmap(lambda k: jax.random.uniform(k, shape[1:]))(key)
+  return jax.random.uniform(key, shape)
+
+
 # Points per evaluation: large enough to keep an accelerator busy, small
 # enough that an MLP's activations for one chunk fit in memory.
 DEFAULT_CHUNK = 65536

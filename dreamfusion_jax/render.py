@@ -1,7 +1,8 @@
 """Differentiable volume rendering of the field (paper section 3.1).
 
 Samples are stratified between each ray's entry into and exit from the
-bounding sphere. The usual quadrature of the volume-rendering integral
+bounding sphere, or placed in the occupied cells of an occupancy grid only
+(`occupancy.py`). The usual quadrature of the volume-rendering integral
 (Max 1995; NeRF eq. 3) composites them:
 
   alpha_i = 1 - exp(-tau_i delta_i),   T_i = exp(-sum_{j<i} tau_j delta_j),
@@ -10,7 +11,8 @@ bounding sphere. The usual quadrature of the volume-rendering integral
 Colours c_i come from `shading.shade` with normals n = -grad tau / |grad tau|,
 obtained by differentiating the field with respect to the sample positions
 (one vector-Jacobian product for all samples, since each sample's density
-depends only on its own position).
+depends only on its own position) or by finite differences
+(`field_outputs`).
 """
 
 import functools
@@ -24,6 +26,7 @@ import numpy as np
 from dreamfusion_jax import cameras as cameras_lib
 from dreamfusion_jax import errors
 from dreamfusion_jax import numerics
+from dreamfusion_jax import occupancy as occupancy_lib
 from dreamfusion_jax import shading as shading_lib
 from dreamfusion_jax.nerf import field as field_lib
 
@@ -67,13 +70,7 @@ def stratified_samples(key, near, far, num_samples: int):
     t: [..., N] sample distances; delta: [..., N] bin widths.
   """
   width = (far - near)[..., None] / num_samples
-  shape = near.shape + (num_samples,)
-  if key is None:
-    u = jnp.full(shape, 0.5)
-  elif key.ndim == 1:
-    u = jax.vmap(lambda k: jax.random.uniform(k, shape[1:]))(key)
-  else:
-    u = jax.random.uniform(key, shape)
+  u = numerics.stratum_offsets(key, near.shape + (num_samples,))
   t = near[..., None] + (jnp.arange(num_samples) + u) * width
   return t, jnp.broadcast_to(width, t.shape)
 
@@ -91,10 +88,79 @@ def compositing_weights(density, delta):
   return alpha * jnp.exp(-accumulated)
 
 
+SAMPLERS = ('stratified', 'occupancy')
+NORMAL_MODES = ('autodiff', 'central', 'forward')
+
+
+def field_outputs(model: field_lib.NeRF, params, points, *, normals: bool,
+                  normal_mode: str = 'autodiff', normal_eps: float = 1e-2,
+                  chunk: int = 0):
+  """The field at sample points, with the gradient of its raw density.
+
+  Normals are n = -grad tau / |grad tau|; tau = exp(raw) is monotone in raw,
+  so grad raw has the same direction. Ways to get it (`normal_mode`):
+    'autodiff'  one vector-Jacobian product through the field (each
+                sample's density depends only on its own position); the
+                training backward is then second order through the field.
+    'central'   central differences, (raw(x + h e_i) - raw(x - h e_i)) / 2h:
+                six more evaluations, first-order backward.
+    'forward'   forward differences, (raw(x + h e_i) - raw(x)) / h: three
+                more evaluations, first order in h.
+
+  Args:
+    points: [..., 3].
+    normals: whether to compute the gradient (zeros otherwise).
+    normal_mode, normal_eps: as above; h = normal_eps.
+    chunk: points per field evaluation; 0 evaluates all at once. Chunks
+      are rematerialised (`jax.checkpoint`) in the backward pass, so each
+      chunk's activations stay in cache instead of streaming through memory.
+
+  Returns:
+    raw [...], albedo [..., 3], grad_raw [..., 3].
+  """
+  def raw_fn(p):
+    return model.apply(params, p, method=field_lib.NeRF.raw_density_and_albedo)
+
+  def evaluate(p):  # [..., 3] -> raw [...], albedo [..., 3], grad [..., 3]
+    if not normals:
+      raw, albedo = raw_fn(p)
+      return raw, albedo, jnp.zeros_like(p)
+    if normal_mode == 'autodiff':
+      raw, vjp_fn, albedo = jax.vjp(raw_fn, p, has_aux=True)
+      (grad_raw,) = vjp_fn(jnp.ones_like(raw))
+      return raw, albedo, grad_raw
+    h = normal_eps * jnp.eye(3, dtype=p.dtype).reshape(
+        (3,) + (1,) * (p.ndim - 1) + (3,))
+    if normal_mode == 'central':
+      shifted = jnp.concatenate([p[None], p + h, p - h])  # [7, ..., 3]
+    else:
+      shifted = jnp.concatenate([p[None], p + h])  # [4, ..., 3]
+    raw, albedo = raw_fn(shifted)
+    if normal_mode == 'central':
+      grad_raw = (raw[1:4] - raw[4:7]) / (2.0 * normal_eps)
+    else:
+      grad_raw = (raw[1:4] - raw[0:1]) / normal_eps
+    return raw[0], albedo[0], jnp.moveaxis(grad_raw, 0, -1)
+
+  n = points[..., 0].size
+  if not chunk or n <= chunk:
+    return evaluate(points)
+  shape = points.shape[:-1]
+  pad = -n % chunk
+  blocks = jnp.pad(points.reshape(-1, 3), ((0, pad), (0, 0)))
+  out = jax.lax.map(jax.checkpoint(evaluate), blocks.reshape(-1, chunk, 3))
+  return jax.tree.map(
+      lambda x: x.reshape(-1, *x.shape[2:])[:n].reshape(shape + x.shape[2:]),
+      out)
+
+
 def render_rays(model: field_lib.NeRF, params, origins, directions,
                 light_position, shading: shading_lib.ShadingParams, *,
                 key, num_samples: int, scene_radius: float,
-                normals: bool = True) -> Dict[str, jax.Array]:
+                normals: bool = True, normal_mode: str = 'autodiff',
+                normal_eps: float = 1e-2, field_chunk: int = 0,
+                occupancy: Optional[jax.Array] = None,
+                num_candidates: int = 128) -> Dict[str, jax.Array]:
   """Renders rays through the field.
 
   Args:
@@ -104,37 +170,39 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
     directions: [..., 3] unit ray directions.
     light_position: [..., 3] point-light position for each ray.
     shading: ShadingParams with fields of shape [...] (one mode per ray).
-    key: PRNG key for stratified sampling (or [B] keys when the rays are
-      [B, ...]), or None for bin centres.
+    key: PRNG key for the samples' jitter (or [B] keys when the rays are
+      [B, ...]), or None for deterministic samples.
     num_samples: samples per ray.
     scene_radius: radius of the bounding sphere.
-    normals: compute normals (one extra backward pass through the field,
-      about 2.5x the cost of the plain render). With False, the normals
-      returned are zero, which is only right for albedo-only shading.
+    normals: compute normals (`field_outputs`; autodiff normals cost about
+      2.5x the plain render). With False, the normals returned are zero,
+      which is only right for albedo-only shading.
+    normal_mode, normal_eps, field_chunk: see `field_outputs`.
+    occupancy: None for stratified samples across the whole bounding
+      sphere; or an [R, R, R] bool occupancy mask over [-scene_radius,
+      scene_radius]^3 (`occupancy.occupied`), and the samples fall in its
+      occupied cells only (`occupancy.sample_along_rays`).
+    num_candidates: bins per ray in which the occupancy is looked up.
 
   Returns:
     rgb [..., 3], opacity [...], depth [...] (expected distance, background
     counted as 0), normals [..., 3] (composited), weights [..., N],
     sample_normals [..., N, 3], t [..., N] (sample distances), delta
-    [..., N] (the widths of the samples' bins).
+    [..., N] (the samples' quadrature widths).
   """
   near, far = intersect_sphere(origins, directions, scene_radius)
-  t, delta = stratified_samples(key, near, far, num_samples)
-  points = origins[..., None, :] + t[..., None] * directions[..., None, :]
-
-  def raw_fn(p):
-    raw, albedo = model.apply(params, p,
-                              method=field_lib.NeRF.raw_density_and_albedo)
-    return raw, albedo
-
-  if normals:
-    raw, vjp_fn, albedo = jax.vjp(raw_fn, points, has_aux=True)
-    (grad_raw,) = vjp_fn(jnp.ones_like(raw))
-    # tau = exp(raw) is monotone in raw, so both gradients share a direction.
-    sample_normals = -numerics.safe_normalize(grad_raw)
+  if occupancy is None:
+    t, delta = stratified_samples(key, near, far, num_samples)
   else:
-    raw, albedo = raw_fn(points)
-    sample_normals = jnp.zeros_like(points)
+    t, delta = occupancy_lib.sample_along_rays(
+        key, occupancy, origins, directions, near, far, num_samples,
+        num_candidates, scene_radius)
+  points = origins[..., None, :] + t[..., None] * directions[..., None, :]
+  raw, albedo, grad_raw = field_outputs(
+      model, params, points, normals=normals, normal_mode=normal_mode,
+      normal_eps=normal_eps, chunk=field_chunk)
+  sample_normals = (-numerics.safe_normalize(grad_raw) if normals
+                    else grad_raw)
   density = numerics.safe_exp(raw)
 
   per_sample = jax.tree.map(lambda a: jnp.asarray(a)[..., None], shading)
@@ -159,15 +227,16 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
 
 def render_views(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
                  shading: shading_lib.ShadingParams, *, key, resolution: int,
-                 num_samples: int, scene_radius: float,
-                 normals: bool = True) -> Dict[str, jax.Array]:
+                 **ray_options) -> Dict[str, jax.Array]:
   """Renders a batch of cameras, one shading mode per camera.
 
   Args:
     cams: Cameras with leading shape [B].
     shading: ShadingParams with fields of shape [B].
-    key: PRNG key for stratified sampling, [B] keys (one per view), or None.
-    normals: as in `render_rays`.
+    key: PRNG key for the samples, [B] keys (one per view), or None.
+    resolution: image height and width.
+    **ray_options: the keyword arguments of `render_rays` (num_samples,
+      scene_radius, normals, occupancy, ...).
 
   Returns:
     The outputs of `render_rays` with leading shape [B, H, W]; directions
@@ -178,8 +247,7 @@ def render_views(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
   light = jnp.broadcast_to(cams.light_position[:, None, None, :],
                            origins.shape)
   out = render_rays(model, params, origins, directions, light, per_ray,
-                    key=key, num_samples=num_samples,
-                    scene_radius=scene_radius, normals=normals)
+                    key=key, **ray_options)
   out['directions'] = directions
   return out
 
@@ -268,13 +336,36 @@ def render_cameras(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
 
 def validate(render_config: ml_collections.ConfigDict) -> None:
   """Raises UserError with one sentence for an invalid render group."""
-  for name in ('resolution', 'num_samples', 'chunk'):
-    value = render_config[name]
+  r = render_config
+  for name in ('resolution', 'num_samples', 'chunk', 'occupancy_samples',
+               'occupancy_resolution', 'occupancy_update_every',
+               'occupancy_candidates'):
+    value = r[name]
     if not isinstance(value, int) or value <= 0:
       raise errors.UserError(
           f'render.{name} = {value!r} must be a positive integer; set e.g. '
           f'--config.render.{name}=64.')
-  if render_config.scene_radius <= 0:
+  if r.scene_radius <= 0:
     raise errors.UserError(
-        f'render.scene_radius = {render_config.scene_radius} must be '
-        'positive; the paper uses 1.4.')
+        f'render.scene_radius = {r.scene_radius} must be positive; the paper '
+        'uses 1.4.')
+  if r.sampler not in SAMPLERS:
+    raise errors.UserError(
+        f"render.sampler = '{r.sampler}' is unknown; use one of "
+        f"{', '.join(repr(x) for x in SAMPLERS)}.")
+  if r.normals not in NORMAL_MODES:
+    raise errors.UserError(
+        f"render.normals = '{r.normals}' is unknown; use one of "
+        f"{', '.join(repr(x) for x in NORMAL_MODES)}.")
+  if r.normal_eps <= 0 or r.occupancy_threshold < 0:
+    raise errors.UserError(
+        f'render.normal_eps = {r.normal_eps} must be positive and '
+        f'render.occupancy_threshold = {r.occupancy_threshold} not negative.')
+  if not 0.0 <= r.occupancy_decay <= 1.0:
+    raise errors.UserError(
+        f'render.occupancy_decay = {r.occupancy_decay} must lie in [0, 1]; '
+        'Instant-NGP uses 0.95.')
+  if not isinstance(r.field_chunk, int) or r.field_chunk < 0:
+    raise errors.UserError(
+        f'render.field_chunk = {r.field_chunk!r} must be 0 (no chunks) or a '
+        'positive integer, e.g. 8192.')

@@ -136,7 +136,8 @@ def load_trained(workdir: str, step=None):
     tx = train_step.make_optimizer(config)
     mesh = train_step.make_mesh()
     abstract, _ = jax.eval_shape(
-        lambda: train_step.initial_state(config.seed, model, tx, mesh))
+        lambda: train_step.initial_state(config.seed, model, tx, mesh,
+                                         train_step.grid_resolution(config)))
     state = ckpt.restore(
         checkpoint_lib.abstract_like(abstract, NamedSharding(mesh, P())),
         step)

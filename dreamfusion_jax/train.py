@@ -108,7 +108,8 @@ def train_and_export(config: ml_collections.ConfigDict,
   logging.info('Loading the prior %s.', config.guidance.model)
   prior = train_step.replicate(priors.load_prior(config), mesh)
 
-  state, base_key = train_step.initial_state(config.seed, model, tx, mesh)
+  state, base_key = train_step.initial_state(config.seed, model, tx, mesh,
+                                             train_step.grid_resolution(config))
   ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.keep)
   if ckpt.latest_step() is not None:
     state = ckpt.restore(checkpoint_lib.abstract_like(state, replicated))

@@ -31,6 +31,8 @@ import optax
 from dreamfusion_jax import cameras
 from dreamfusion_jax import errors
 from dreamfusion_jax import losses
+from dreamfusion_jax import numerics
+from dreamfusion_jax import occupancy
 from dreamfusion_jax import render
 from dreamfusion_jax import schedules
 from dreamfusion_jax import shading
@@ -38,6 +40,8 @@ from dreamfusion_jax.guidance import sds
 from dreamfusion_jax.nerf import field
 
 AXIS = 'data'
+# fold_in data of the occupancy grid's key; view keys use 0, 1, 2, ...
+_OCCUPANCY_STREAM = 2**31 - 1
 
 
 @flax.struct.dataclass
@@ -50,6 +54,9 @@ class TrainState:
     opt_state: optax state.
     bad_steps: scalar int32, consecutive non-finite updates skipped.
     skipped: scalar int32, all non-finite updates skipped so far.
+    occupancy: [R, R, R] float32, the occupancy grid's decayed maximum
+      densities (`occupancy.py`); [1, 1, 1] and unused with stratified
+      samples.
   """
 
   step: jax.Array
@@ -57,6 +64,7 @@ class TrainState:
   opt_state: Any
   bad_steps: jax.Array
   skipped: jax.Array
+  occupancy: jax.Array
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -103,11 +111,17 @@ def make_optimizer(config: ml_collections.ConfigDict
   return tx
 
 
-def initial_state(seed: int, model, tx, mesh):
+def grid_resolution(config: ml_collections.ConfigDict) -> int:
+  """Cells per axis of the train state's occupancy grid (1 when unused)."""
+  r = config.render
+  return r.occupancy_resolution if r.sampler == 'occupancy' else 1
+
+
+def initial_state(seed: int, model, tx, mesh, grid_resolution: int = 1):
   """A fresh TrainState and the base key, both replicated on `mesh`.
 
   The seed is split into the parameters' init key and the base key of
-  every step's randomness.
+  every step's randomness. The occupancy grid starts all occupied.
   """
   def make():
     init_key, base_key = jax.random.split(jax.random.key(seed))
@@ -115,7 +129,8 @@ def initial_state(seed: int, model, tx, mesh):
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                        opt_state=tx.init(params),
                        bad_steps=jnp.zeros((), jnp.int32),
-                       skipped=jnp.zeros((), jnp.int32))
+                       skipped=jnp.zeros((), jnp.int32),
+                       occupancy=occupancy.initial_grid(grid_resolution))
     return state, base_key
   return jax.jit(make, out_shardings=NamedSharding(mesh, P()))()
 
@@ -136,7 +151,7 @@ def needs_normals(config: ml_collections.ConfigDict) -> bool:
   return bool(lit or config.loss.orientation_weight_end > 0)
 
 
-def batch_loss(params, prior, keys, step, *, model, config):
+def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
   """SDS + regularisers for a batch of views, each with its own key.
 
   Args:
@@ -145,6 +160,8 @@ def batch_loss(params, prior, keys, step, *, model, config):
     keys: [B] PRNG keys, one per view: a view's camera, shading mode,
       samples, t and noise depend on its key only.
     step: scalar int.
+    occupied: [R, R, R] bool occupancy mask, or None for stratified
+      samples (config.render.sampler).
 
   Returns:
     Scalar loss (mean over views) and a dict of scalar metrics.
@@ -155,12 +172,14 @@ def batch_loss(params, prior, keys, step, *, model, config):
       lambda k: cameras.sample_cameras(k, config.camera, 1))(k_cam))
   mode = _squeeze(jax.vmap(
       lambda k: shading.sample(k, step, config.shading, 1))(k_shade))
+  r = config.render
   out = render.render_views(
-      model, params, cams, mode, key=k_render,
-      resolution=config.render.resolution,
-      num_samples=config.render.num_samples,
-      scene_radius=config.render.scene_radius,
-      normals=needs_normals(config))
+      model, params, cams, mode, key=k_render, resolution=r.resolution,
+      num_samples=r.num_samples if occupied is None else r.occupancy_samples,
+      scene_radius=r.scene_radius, normals=needs_normals(config),
+      normal_mode=r.normals, normal_eps=r.normal_eps,
+      field_chunk=r.field_chunk, occupancy=occupied,
+      num_candidates=r.occupancy_candidates)
   g = config.guidance
   t_max = schedules.t_max(step, g, config.num_steps)
 
@@ -213,6 +232,23 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
   """
   batch = config.batch_per_device
   lr = schedules.learning_rate(config.optim, config.num_steps)
+  r = config.render
+
+  def update_grid(state, step_key):
+    """The occupancy grid this step samples from, updated when due."""
+    def density_fn(points):
+      return model.apply(state.params, points,
+                         method=model.density_and_albedo)[0]
+
+    def update(grid):
+      # The same key on every device, so every device holds the same grid.
+      key = jax.random.fold_in(step_key, _OCCUPANCY_STREAM)
+      return occupancy.update(grid, density_fn, key, r.scene_radius,
+                              r.occupancy_decay,
+                              r.field_chunk or numerics.DEFAULT_CHUNK)
+
+    due = state.step % r.occupancy_update_every == 0
+    return jax.lax.cond(due, update, lambda grid: grid, state.occupancy)
 
   def per_device(state: TrainState, prior, base_key):
     step_key = jax.random.fold_in(base_key, state.step)
@@ -220,8 +256,13 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
     keys = jax.vmap(lambda i: jax.random.fold_in(step_key, first + i))(
         jnp.arange(batch))
 
+    grid, occupied = state.occupancy, None
+    if r.sampler == 'occupancy':
+      grid = update_grid(state, step_key)
+      occupied = occupancy.occupied(grid, r.occupancy_threshold)
     loss_fn = functools.partial(batch_loss, prior=prior, keys=keys,
-                                step=state.step, model=model, config=config)
+                                step=state.step, model=model, config=config,
+                                occupied=occupied)
     grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
@@ -239,7 +280,11 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
         params=jax.tree.map(keep, params, state.params),
         opt_state=jax.tree.map(keep, opt_state, state.opt_state),
         bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
-        skipped=state.skipped + jnp.where(finite, 0, 1))
+        skipped=state.skipped + jnp.where(finite, 0, 1),
+        occupancy=grid)
+    if occupied is not None:
+      metrics['render/occupied_fraction'] = jnp.mean(
+          occupied.astype(jnp.float32))
     metrics['train/grad_norm'] = optax.global_norm(grads)
     metrics['train/finite'] = finite.astype(jnp.float32)
     metrics['schedule/learning_rate'] = lr(state.step)

@@ -96,7 +96,8 @@ def measure(config, num_devices: int, steps: int) -> dict:
   tx = train_step.make_optimizer(config)
   mesh = train_step.make_mesh()
   prior = priors.load_prior(config)
-  state, base_key = train_step.initial_state(config.seed, model, tx, mesh)
+  state, base_key = train_step.initial_state(config.seed, model, tx, mesh,
+                                             train_step.grid_resolution(config))
   # The parts run on one device: they are what each device does per step.
   params = jax.device_put(jax.device_get(state.params), jax.devices()[0])
   key = jax.random.key(0)

@@ -17,6 +17,8 @@ FLOORS = {
     # Ground: no project imports but these.
     'errors': 0, 'numerics': 0, 'files': 0, 'schedules': 0, 'losses': 0,
     'checkpoint': 0, 'launch': 0, 'images': 0,
+    # The occupancy grid of the renderer's samples.
+    'occupancy': 0.5,
     # 1: cameras, shading, the field; meshes of any field.
     'cameras': 1, 'shading': 1, 'nerf': 1, 'nerf.encoding': 1,
     'nerf.field': 1, 'meshing': 1,

@@ -3,7 +3,8 @@
 The toy world (DESIGN.md section 7) has known answers instead of captions:
 `toy_evaluate` trains (or reuses) one run per (toy prompt, seed) with
 `train.train_and_export` and scores it against the true object with
-`toy.metrics` (IoU, albedo error and, for the snowman, the Janus check);
+`toy.metrics` (IoU, albedo error, normal angle and, for the snowman, the
+Janus check);
 `format_toy_table` prints the results.
 """
 
@@ -86,13 +87,14 @@ def score_toy_run(workdir: PathLike, prompt: str, threshold: float,
   """toy.metrics of a run's newest checkpoint against the object `prompt`.
 
   Returns:
-    {'iou', 'albedo_error', 'janus'}; 'janus' is the janus_check dict for the
-    snowman and None otherwise.
+    {'iou', 'albedo_error', 'normal_angle', 'janus'}; 'janus' is the
+    janus_check dict for the snowman and None otherwise.
   """
   _, model, params, _ = runs.load_trained(os.fspath(workdir))
   density_fn, albedo_fn = field.point_functions(model, params)
   return {
       'iou': toy_metrics.iou(prompt, density_fn, threshold, resolution),
+      'normal_angle': toy_metrics.normal_angle(prompt, density_fn),
       'albedo_error': toy_metrics.albedo_error(prompt, albedo_fn,
                                                density_fn=density_fn),
       'janus': (toy_metrics.janus_check(density_fn, albedo_fn, threshold)
@@ -103,6 +105,7 @@ def score_toy_run(workdir: PathLike, prompt: str, threshold: float,
 def _summary(runs: Sequence[Dict]) -> Dict:
   iou = np.asarray([r['iou'] for r in runs])
   albedo = np.asarray([r['albedo_error'] for r in runs])
+  angle = np.asarray([r['normal_angle'] for r in runs])
   janus = [r['janus'] for r in runs if r['janus'] is not None]
   return {
       'seeds': [r['seed'] for r in runs],
@@ -111,6 +114,8 @@ def _summary(runs: Sequence[Dict]) -> Dict:
       'iou_std': float(iou.std()),
       'albedo_error': albedo.tolist(),
       'albedo_error_mean': float(albedo.mean()),
+      'normal_angle': angle.tolist(),
+      'normal_angle_mean': float(angle.mean()),
       # Runs with a nose on the front / on the back (snowman only).
       'nose_front': sum(j['front'] for j in janus) if janus else None,
       'nose_back': sum(j['back'] for j in janus) if janus else None,
@@ -141,10 +146,11 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
   Returns:
     A JSON-serialisable dict: 'threshold', 'iou_resolution', 'num_steps',
     'runs' (one dict per (prompt, seed): 'prompt', 'seed', 'workdir',
-    'step', 'iou', 'albedo_error', 'janus', 'train_seconds', 'trained_now')
-    and 'prompts' {prompt: summary over seeds: 'seeds', 'iou', 'iou_mean',
-    'iou_std', 'albedo_error', 'albedo_error_mean', 'nose_front',
-    'nose_back' (run counts; None but for the snowman), 'minutes_per_run'}.
+    'step', 'iou', 'albedo_error', 'normal_angle', 'janus', 'train_seconds',
+    'trained_now') and 'prompts' {prompt: summary over seeds: 'seeds',
+    'iou', 'iou_mean', 'iou_std', 'albedo_error', 'albedo_error_mean',
+    'normal_angle', 'normal_angle_mean', 'nose_front', 'nose_back' (run
+    counts; None but for the snowman), 'minutes_per_run'}.
   """
   if config.guidance.model != 'toy':
     raise errors.UserError(
@@ -181,8 +187,8 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
 def format_toy_table(results: Dict) -> str:
   """A plain-text table of toy_evaluate's results, one row per prompt."""
   header = (f"{'prompt':<16}{'seeds':>6}  {'IoU mean+-std':<15}"
-            f"{'IoU per seed':<24}{'albedo err':>11}{'nose F/B':>10}"
-            f"{'min/run':>9}")
+            f"{'IoU per seed':<24}{'albedo err':>11}{'normal deg':>11}"
+            f"{'nose F/B':>10}{'min/run':>9}")
   lines = [
       f"Toy world: IoU at density > {results['threshold']:g} on a "
       f"{results['iou_resolution']}^3 grid, {results['num_steps']} steps",
@@ -194,6 +200,7 @@ def format_toy_table(results: Dict) -> str:
     lines.append(
         f"{prompt:<16}{len(row['seeds']):>6}  "
         f"{row['iou_mean']:.3f}+-{row['iou_std']:.3f}".ljust(39)
-        + f"{per_seed:<24}{row['albedo_error_mean']:>11.3f}{nose:>10}"
+        + f"{per_seed:<24}{row['albedo_error_mean']:>11.3f}"
+        f"{row['normal_angle_mean']:>11.1f}{nose:>10}"
         f"{row['minutes_per_run']:>9.2f}")
   return '\n'.join(lines)

@@ -15,6 +15,10 @@ Metrics:
                 true surface: of the field's albedo there, or (given the
                 density too) of the albedo a ray along the inward normal
                 sees there.
+  normal_angle  mean angle (degrees) between the field's normal,
+                -grad density / |grad density|, and the true outward normal
+                at points spread uniformly in area on the true surface: how
+                well the shape's surface, not only its silhouette, is made.
   janus_check   for the snowman: does the generated object have a nose on
                 the front (+x), and one on the back (-x)? The right answer is
                 front only; a nose on both sides is the Janus problem.
@@ -164,6 +168,42 @@ def albedo_error(name: str, albedo_fn: AlbedoFn, num_points: int = 4096,
     generated = _seen_albedo(name, points, albedo_fn, density_fn, depth,
                              background)
   return float(np.mean(np.abs(generated - truth)))
+
+
+def _field_normals(density_fn, points):
+  """-grad density / |grad density| at points [N, 3] (zero where flat)."""
+  grad = jax.grad(lambda p: jnp.sum(density_fn(p)))(points)
+  return -numerics.safe_normalize(grad)
+
+
+def normal_angle(name: str, density_fn: DensityFn, num_points: int = 4096,
+                 key=None) -> float:
+  """Mean angle in degrees between the field's and the true normals.
+
+  At points spread uniformly in area on the true surface (surface_points),
+  the field's normal is -grad density / |grad density| (by autodiff of
+  density_fn, which must be differentiable, e.g. a NeRF's field) and the
+  true one the SDF's outward normal. A field with no density gradient at a
+  point scores 90 degrees there; a surface that is right but offset by a
+  fraction of its curvature radius still scores near 0.
+
+  Args:
+    name: the toy prompt whose object is the ground truth.
+    density_fn: points [N, 3] -> [N] density.
+    num_points: surface points.
+    key: PRNG key for the points; None means a fixed key.
+
+  Returns:
+    The mean angle in degrees, in [0, 180].
+  """
+  points = surface_points(name, num_points, key)
+  truth = np.asarray(raytrace.normals(objects.prompt_index(name),
+                                      jnp.asarray(points)))
+  generated = numerics.evaluate_points(
+      jax.tree_util.Partial(_field_normals, numerics.as_partial(density_fn)),
+      points)
+  cosine = np.clip(np.sum(generated * truth, axis=-1), -1.0, 1.0)
+  return float(np.degrees(np.mean(np.arccos(cosine))))
 
 
 def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
