@@ -216,12 +216,16 @@ def _orange_pixels(rgb):
 
 
 def test_snowman_nose_faces_plus_x():
-  # Azimuth 0 is +x (the front): the nose is seen; azimuth 180 hides it. From
-  # +y (azimuth 90) the camera's right is -x, so the nose is on the left.
+  # Azimuth 0 is +x (the front): the nose is seen, above the centre;
+  # azimuth 180 hides it. From +y (azimuth 90) the camera's right is -x, so
+  # the nose is on the left.
   cams = _four_cameras([0.0, 180.0, 90.0, 270.0], 10.0, 1.3, 1.0)
   rgb, _ = raytrace.render('a snowman', cams, _RES, shading.albedo_only((4,)))
   counts = _orange_pixels(rgb)
   assert counts[0] >= 4 and counts[1] == 0
+  # The nose (z = 0.3) sits above the image centre: in the top rows.
+  rows = np.nonzero(_orange_mask(rgb[0]).any(1))[0]
+  assert rows.max() < 16
   columns = [np.nonzero(_orange_mask(rgb[i]).any(0))[0] for i in (2, 3)]
   assert columns[0].size and columns[0].max() < 16  # Left half.
   assert columns[1].size and columns[1].min() >= 16  # Right half.
