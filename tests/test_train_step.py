@@ -4,8 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from configs import default
 from configs import tiny
 from dreamfusion_jax import cameras
+from dreamfusion_jax import schedules
 from dreamfusion_jax import train_step
 from dreamfusion_jax.guidance import prior as prior_lib
 from dreamfusion_jax.nerf import field
@@ -68,3 +70,32 @@ def test_each_view_is_guided_by_the_prompt_of_its_own_camera():
   assert len(set(want.tolist())) == 4, want  # Every view prompt is used.
   np.testing.assert_allclose(seen, want, atol=1e-2)
 
+
+def test_hash_tables_learn_faster_by_the_multiplier():
+  config = default.get_config()
+  config.nerf.field = 'hashgrid'
+  config.nerf.hash_levels = 2
+  config.nerf.hash_log2_table_size = 6
+  config.nerf.hash_max_resolution = 32
+  config.nerf.hash_mlp_width = 8
+  config.nerf.background_width = 8
+  config.optim.hashgrid_lr_multiplier = 10.0
+  params = field.init_params(jax.random.key(0), field.make_model(config))
+  tx = train_step.make_optimizer(config)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  grads = jax.tree.unflatten(treedef, [
+      jax.random.normal(k, x.shape) for k, (_, x) in zip(keys, leaves)])
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  # From zero moments Adam's bias-corrected first update is
+  # -lr g / (|g| + eps) = -lr sign(g), whatever clipping did to |g|.
+  lr = float(schedules.learning_rate(config.optim, config.num_steps)(0))
+  rates = {}
+  for (path, _), g, u in zip(leaves, jax.tree.leaves(grads),
+                             jax.tree.leaves(updates)):
+    is_table = any(getattr(k, 'key', None) == 'tables' for k in path)
+    rate = config.optim.hashgrid_lr_multiplier if is_table else 1.0
+    np.testing.assert_allclose(u, -rate * lr * np.sign(g), rtol=1e-4,
+                               err_msg=jax.tree_util.keystr(path))
+    rates[is_table] = rate
+  assert set(rates) == {True, False}  # Both kinds of parameters exist.
