@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -236,9 +237,16 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (ckpts / '8').exists(), 'the run finished before it was killed'
+  newest = runs.latest_step(str(tmp_path / 'killed'))
+  assert newest in (4, 6), newest
   rc, out = _launch(tmp_path / 'killed', *steps)
   assert rc == 0, out[-3000:]
-  assert 'Resumed from step' in out
+  # Retraining from step 0 ends at the same parameters too: the run must
+  # say where it resumed and log only the steps after it (every 2nd).
+  assert f'Resumed from step {newest} in' in out, out[-3000:]
+  logged = [int(s) for s in re.findall(r'\bstep (\d+)/8\b', out)]
+  assert logged == list(range(newest + 2, 9, 2)), logged
+  assert f'Trained steps {newest + 1}-8 at' in out, out[-3000:]
   a = _final_params(tmp_path / 'straight', 8)
   b = _final_params(tmp_path / 'killed', 8)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
