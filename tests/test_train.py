@@ -253,6 +253,34 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+def test_too_many_bad_steps_stop_the_run_and_keep_its_checkpoint(
+    tmp_path, monkeypatch):
+  config = tiny.get_config()
+  config.num_steps = 2
+  config.log.preview_every_steps = 0
+  config.export.at_end = False
+  config.optim.max_bad_steps = 2
+  # No normals: a faster compile (twice, since the NaN prior is new code).
+  config.shading.lit_prob = 0.0
+  config.loss.orientation_weight_start = 0.0
+  config.loss.orientation_weight_end = 0.0
+  workdir = str(tmp_path / 'run')
+  train.train_and_export(config, workdir)  # A good checkpoint at step 2.
+  # Extended, the run resumes with a prior that gives NaN: steps 3 and 4 are
+  # skipped, and the check at step 4 (a log step) stops it.
+  load_prior = priors.load_prior
+  monkeypatch.setattr(priors, 'load_prior', lambda c: load_prior(c).replace(
+      predict_noise=lambda *a: jnp.full(a[1].shape, jnp.nan)))
+  config.num_steps = 8
+  with pytest.raises(errors.UserError) as info:
+    train.train_and_export(config, workdir)
+  message = str(info.value)
+  assert message.startswith('training stopped at step 4: 2 non-finite '
+                            'updates in a row'), message
+  assert 'checkpoint (step 2) is kept' in message and '\n' not in message
+  assert runs.latest_step(workdir) == 2
+
+
 def test_launcher_with_tiny_stable_diffusion_writes_everything(tmp_path):
   import tiny_models  # pylint: disable=g-import-not-at-top
   sd = tiny_models.make_tiny_stable_diffusion(tmp_path / 'sd')
