@@ -361,9 +361,15 @@ def test_launcher_refuses_bad_input_without_touching_a_run(tmp_path):
 
 
 def test_unknown_config_field_is_one_sentence(tmp_path):
-  rc, out = _launch(tmp_path / 'run', '--config.nerf.no_such_field=3')
-  assert rc != 0
-  assert 'no_such_field' in out
+  proc = subprocess.run(
+      [sys.executable, LAUNCHER, f'--config={TINY}',
+       f'--workdir={tmp_path / "run"}', '--config.nerf.no_such_field=3'],
+      env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stdout + proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith('error: ') and 'nerf.no_such_field' in lines[0]
   assert not (tmp_path / 'run').exists()
 
 
