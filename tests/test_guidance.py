@@ -194,6 +194,18 @@ def test_flax_and_safetensors_forms_agree(loaded_priors):
                                 st_prior.uncond_embedding)
 
 
+def test_view_embeddings_are_the_view_prompts_in_views_order(models,
+                                                             loaded_priors):
+  folders, _ = models
+  assert prior_lib.VIEWS == ('front', 'side', 'back', 'overhead')
+  want = stable_diffusion.encode_prompts(folders['flax'], [
+      'a red cube, front view', 'a red cube, side view',
+      'a red cube, back view', 'a red cube, overhead view', ''])
+  prior = loaded_priors['flax']
+  np.testing.assert_allclose(prior.view_embeddings, want[:4], atol=1e-6)
+  np.testing.assert_allclose(prior.uncond_embedding, want[4], atol=1e-6)
+
+
 def test_encode_and_predict_noise_call_the_networks_as_diffusers_does(
     models, loaded_priors):
   """The prior's wrapping of the VAE and the UNet, against diffusers' own.
