@@ -164,8 +164,12 @@ def test_full_toy_table(tmp_path):
   assert iou['a yellow torus'] >= 0.5, iou
 
 
+class _NoseNotOnTheFront(AssertionError):
+  """The Janus target missed; a crash of the evaluation is not this."""
+
+
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=_NoseNotOnTheFront, reason=(
     'Out of reach at 32x32 (README, toy world results): the nose, two '
     'pixels wide, keeps a density near 0.01, where renders barely depend on '
     'it; the front of the head is painted warmer instead. At 64x64 a front '
@@ -173,5 +177,5 @@ def test_full_toy_table(tmp_path):
 def test_snowman_has_its_nose_on_the_front(tmp_path):
   """The Janus target: nose on the front in at least 4 of 5 seeds (10 min)."""
   row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4')[toy_sweep.SNOWMAN]
-  assert row['nose_front'] >= 4, row
-  assert row['nose_back'] <= 1, row
+  if not (row['nose_front'] >= 4 and row['nose_back'] <= 1):
+    raise _NoseNotOnTheFront(row)
