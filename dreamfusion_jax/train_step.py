@@ -263,7 +263,12 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
     loss_fn = functools.partial(batch_loss, prior=prior, keys=keys,
                                 step=state.step, model=model, config=config,
                                 occupied=occupied)
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(state.params)
+    # The params are replicated (the same on every device); the gradient of
+    # a replicated input of shard_map is already summed over the devices.
+    # Marked as varying, they get this device's own gradient instead, which
+    # pmean then averages.
+    params = jax.lax.pcast(state.params, AXIS, to='varying')
+    grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
 

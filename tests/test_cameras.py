@@ -83,6 +83,32 @@ def test_azimuth_zero_elevation_zero_sits_on_plus_x():
   np.testing.assert_allclose(uv, 32.0, atol=1e-4)
 
 
+def test_image_rows_run_down_and_columns_run_right():
+  """Row 0 is the top of the image (world +z) and column 0 its left.
+
+  On +x looking at the origin the camera's right is +y (azimuth grows
+  towards it); on +y it is -x. Flipping an image axis in both
+  generate_rays and project keeps them inverse, so only this catches it.
+  """
+  cams = cameras.fixed_cameras(jnp.array([0.0, 90.0]), jnp.array([0.0, 0.0]),
+                               jnp.array([2.0, 2.0]), jnp.array([1.0, 1.0]))
+  _, dirs = cameras.generate_rays(cams, 8)
+  dirs = np.asarray(dirs)  # [camera, row, column, xyz]
+  assert np.all(dirs[:, 0, :, 2] > 0.1) and np.all(dirs[:, -1, :, 2] < -0.1)
+  np.testing.assert_array_less(np.diff(dirs[:, :, :, 2], axis=1), 0.0)
+  assert np.all(dirs[0, :, 0, 1] < -0.1) and np.all(dirs[0, :, -1, 1] > 0.1)
+  assert np.all(dirs[1, :, 0, 0] > 0.1) and np.all(dirs[1, :, -1, 0] < -0.1)
+  # Points above the origin and on the camera's right land in the top and
+  # right halves of the image.
+  points = jnp.array([[[0.0, 0.0, 0.5], [0.0, 0.5, 0.0]],
+                      [[0.0, 0.0, 0.5], [-0.5, 0.0, 0.0]]])
+  uv = np.asarray(cameras.project(cams, points, 8))  # (u right, v down)
+  np.testing.assert_allclose(uv[:, 0, 0], 4.0, atol=1e-4)
+  assert np.all(uv[:, 0, 1] < 3.0)  # Up: towards row 0.
+  assert np.all(uv[:, 1, 0] > 5.0)  # Right: towards column W - 1.
+  np.testing.assert_allclose(uv[:, 1, 1], 4.0, atol=1e-4)
+
+
 def test_rays_and_projection_are_inverse():
   cams = cameras.sample_cameras(jax.random.key(3),
                                 default.get_config().camera, 3)

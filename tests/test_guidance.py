@@ -17,7 +17,6 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import default
@@ -30,6 +29,8 @@ from dreamfusion_jax.guidance import quiet
 from dreamfusion_jax.guidance import sds
 from dreamfusion_jax.guidance import stable_diffusion
 import tiny_models  # tests/ is on sys.path under pytest.
+# After tiny_models, which silences the Flax deprecation notices.
+import diffusers  # pylint: disable=g-bad-import-order
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -182,25 +183,97 @@ def _cameras():
           jax.random.key(3))
 
 
-def test_flax_and_safetensors_forms_agree(loaded_priors, sds_step):
+def test_flax_and_safetensors_forms_agree(loaded_priors):
+  # The safetensors form holds the same numbers under PyTorch's names and
+  # layouts: the loader's renaming and transposing must recover them all.
   flax_prior, st_prior = loaded_priors['flax'], loaded_priors['safetensors']
   _assert_trees_equal(flax_prior.params, st_prior.params)
   np.testing.assert_array_equal(flax_prior.view_embeddings,
                                 st_prior.view_embeddings)
   np.testing.assert_array_equal(flax_prior.uncond_embedding,
                                 st_prior.uncond_embedding)
-  # And so do the encoder, UNet and SDS outputs. The two priors' functions
-  # are the same code over the same configs, so one compiled step serves
-  # both sets of arrays.
-  images = jax.random.uniform(jax.random.key(1), (2, 24, 24, 3))
-  out_flax = sds_step(flax_prior, images, *_cameras())
-  out_st = sds_step(flax_prior.replace(
-      params=st_prior.params, view_embeddings=st_prior.view_embeddings,
-      uncond_embedding=st_prior.uncond_embedding), images, *_cameras())
-  assert out_flax['x'].shape == (2, 16, 16, 4)  # Renders resized to 32.
-  assert np.all(np.isfinite(out_flax['eps_c']))
-  assert np.abs(out_flax['eps_c']).max() > 0
-  _assert_trees_equal(out_flax, out_st)
+
+
+def test_view_embeddings_are_the_view_prompts_in_views_order(models,
+                                                             loaded_priors):
+  folders, _ = models
+  assert prior_lib.VIEWS == ('front', 'side', 'back', 'overhead')
+  want = stable_diffusion.encode_prompts(folders['flax'], [
+      'a red cube, front view', 'a red cube, side view',
+      'a red cube, back view', 'a red cube, overhead view', ''])
+  prior = loaded_priors['flax']
+  np.testing.assert_allclose(prior.view_embeddings, want[:4], atol=1e-6)
+  np.testing.assert_allclose(prior.uncond_embedding, want[4], atol=1e-6)
+
+
+def test_encode_and_predict_noise_call_the_networks_as_diffusers_does(
+    models, loaded_priors):
+  """The prior's wrapping of the VAE and the UNet, against diffusers' own.
+
+  encode: [0, 1] -> [-1, 1], NHWC -> NCHW, the posterior mean times the
+  scaling factor of vae/config.json. predict_noise: NCHW, the integer
+  timestep, the embedding as encoder hidden states. (The networks
+  themselves are checked against PyTorch in test_guidance_torch.py.)
+  """
+  folders, _ = models
+  prior = loaded_priors['flax']
+  size, latent = tiny_models.tiny_shapes()
+  vae, vae_params = stable_diffusion.load_vae(folders['flax'])
+  unet, unet_params = stable_diffusion.load_unet(folders['flax'])
+  scaling = json.loads(
+      (folders['flax'] / 'vae' / 'config.json').read_text())['scaling_factor']
+  assert scaling == tiny_models.vae_config()['scaling_factor'] != 1.0
+
+  @_jit
+  def run(prior, vae_params, unet_params, images, z_t, t, embedding):
+    def vae_mean(x):  # diffusers' Flax VAE takes NCHW, gives NHWC latents.
+      return vae.apply({'params': vae_params}, jnp.transpose(x, (0, 3, 1, 2)),
+                       method=vae.encode).latent_dist.mean
+    eps = unet.apply({'params': unet_params}, jnp.transpose(z_t, (0, 3, 1, 2)),
+                     t, embedding).sample
+    return {'x': prior.encode(prior.params, images),
+            'mean': vae_mean(2.0 * images - 1.0),
+            'mean_unmapped': vae_mean(images),
+            'eps': prior.predict_noise(prior.params, z_t, t, embedding),
+            'eps_nchw': eps}
+
+  key_images, key_z = jax.random.split(jax.random.key(4))
+  images = jax.random.uniform(key_images, (2, size, size, 3))
+  z_t = jax.random.normal(key_z, (2, latent, latent, 4))
+  t = jnp.array([20, 900], jnp.int32)
+  out = run(prior, vae_params, unet_params, images, z_t, t,
+            prior.view_embeddings[:2])
+  assert out['x'].shape == (2, latent, latent, 4)
+  np.testing.assert_allclose(out['x'], scaling * out['mean'], rtol=1e-5,
+                             atol=1e-6)
+  # Without the map to [-1, 1] the latents would differ.
+  assert np.abs(out['mean'] - out['mean_unmapped']).max() > 0.1 * np.abs(
+      out['mean']).max()
+  np.testing.assert_allclose(out['eps'],
+                             jnp.transpose(out['eps_nchw'], (0, 2, 3, 1)),
+                             rtol=1e-5, atol=1e-6)
+  assert np.abs(out['eps']).max() > 0
+
+
+def test_latents_scale_with_the_configured_scaling_factor(models,
+                                                          loaded_priors):
+  # The factor is read from the VAE's config, not assumed to be SD v1's.
+  folders, _ = models
+  prior = loaded_priors['flax']
+  vae, vae_params = stable_diffusion.load_vae(folders['flax'])
+  unet, unet_params = stable_diffusion.load_unet(folders['flax'])
+  unit = stable_diffusion.make_prior(
+      unet, unet_params,
+      diffusers.FlaxAutoencoderKL(**{**tiny_models.vae_config(),
+                                     'scaling_factor': 1.0}),
+      vae_params, prior.view_embeddings, prior.uncond_embedding,
+      prior.alphas_cumprod)
+  size, _ = tiny_models.tiny_shapes()
+  images = jax.random.uniform(jax.random.key(5), (2, size, size, 3))
+  x, x_unit = (_jit(p.encode)(p.params, images) for p in (prior, unit))
+  np.testing.assert_allclose(
+      x, tiny_models.vae_config()['scaling_factor'] * x_unit, rtol=1e-5,
+      atol=1e-6)
 
 
 def test_latent_sds_gradient_is_encoder_vjp(loaded_priors, sds_step):
@@ -228,22 +301,6 @@ def test_pixel_sds_gradient(loaded_priors, sds_step):
       np.sqrt(np.sum((out['target'] / (1 - prior.alphas_cumprod[
           out['aux']['t']])[:, None, None, None])**2, axis=(1, 2, 3))),
       rtol=1e-4)
-
-
-def test_prior_unchanged_by_training_steps(loaded_priors, sds_step):
-  prior = loaded_priors['flax']
-  before = jax.tree.map(np.array, prior)
-  # Train the render itself with Adam for two steps.
-  start = jax.random.uniform(jax.random.key(1), (2, 24, 24, 3))
-  images = start
-  optimizer = optax.adam(1e-2)
-  opt_state = optimizer.init(images)
-  for _ in range(2):
-    grads = sds_step(prior, images, *_cameras())['grad_images']
-    updates, opt_state = optimizer.update(grads, opt_state)
-    images = optax.apply_updates(images, updates)
-  assert not np.allclose(images, start)
-  _assert_trees_equal(jax.tree.map(np.array, prior), before)
 
 
 def test_bfloat16(models):

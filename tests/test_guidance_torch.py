@@ -1,9 +1,13 @@
 """The Flax prior against diffusers' and transformers' PyTorch models.
 
-Skipped when torch is absent (the project does not need it). With torch, the
-tiny safetensors model is loaded once by the project's loader (converted to
-Flax without torch) and once by the PyTorch classes, and the UNet's noise
-prediction, the VAE encoder's latents and the text embeddings must agree.
+Skipped when torch is absent (the project does not need it); about 15 s
+where it is installed. With torch, the tiny safetensors model is loaded once
+by the project's loader (converted to Flax without torch) and once by the
+PyTorch classes, and the UNet's noise prediction, the VAE encoder's latents
+and the text embeddings must agree. This is the one check of the VAE's
+scaling, the map of renders to [-1, 1] and the UNet's timestep and layout
+against the reference implementation rather than against the tests' own
+Flax-to-PyTorch converter.
 """
 
 import jax
@@ -23,14 +27,22 @@ import transformers
 # pylint: enable=g-import-not-at-top,g-bad-import-order
 
 
-def _close(flax_value, torch_value, tolerance=1e-4):
+# Largest difference allowed, as a fraction of the reference's largest
+# absolute value. The text encoder and the VAE agree to about 1e-6 of their
+# scale in float32 on a CPU. The UNets sum in other orders and differ by
+# about 1e-4 of the output's scale (DESIGN.md section 8 gives 2e-4); a
+# timestep off by one already moves the tiny UNet's output by 2.5e-2 of it.
+_TOLERANCE = 1e-4
+_UNET_TOLERANCE = 1e-3
+
+
+def _close(flax_value, torch_value, tolerance=_TOLERANCE):
   flax_value = np.asarray(flax_value, np.float64)
   torch_value = np.asarray(torch_value, np.float64)
   scale = max(np.abs(torch_value).max(), 1e-6)
   np.testing.assert_allclose(flax_value, torch_value, atol=tolerance * scale)
 
 
-@pytest.mark.slow
 def test_flax_prior_matches_pytorch(tmp_path):
   folder = tiny_models.make_tiny_stable_diffusion(
       tmp_path / 'sd', weights='safetensors')
@@ -65,8 +77,8 @@ def test_flax_prior_matches_pytorch(tmp_path):
   with torch.no_grad():
     eps_torch = unet(torch.from_numpy(z_t.transpose(0, 3, 1, 2)),
                      torch.from_numpy(t.astype(np.int64)),
-                     encoder_hidden_states=torch.from_numpy(embedding)).sample
-  _close(eps, eps_torch.numpy().transpose(0, 2, 3, 1))
+                     encoder_hidden_states=torch.tensor(embedding)).sample
+  _close(eps, eps_torch.numpy().transpose(0, 2, 3, 1), _UNET_TOLERANCE)
 
   # VAE encoder: the scaled posterior mean of a 32x32 render.
   vae = diffusers.AutoencoderKL.from_pretrained(str(folder / 'vae')).eval()

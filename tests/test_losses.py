@@ -65,3 +65,18 @@ def test_entropy_vanishes_at_empty_and_opaque_and_peaks_at_half():
   values = [float(losses.entropy(jnp.array([o]))) for o in (0.0, 0.5, 1.0)]
   assert values[0] < 1e-3 and values[2] < 1e-3
   np.testing.assert_allclose(values[1], np.log(2.0), rtol=1e-5)
+
+
+def test_opacity_loss_is_the_mean_of_its_formula():
+  rng = np.random.default_rng(2)
+  o = rng.random((3, 5, 5))
+  np.testing.assert_allclose(float(losses.opacity(jnp.asarray(o))),
+                             np.mean(np.sqrt(o ** 2 + 0.01)), rtol=1e-6)
+  # Empty pixels cost sqrt(0.01) and pay no gradient; opaque ones are pushed
+  # down by o / sqrt(o^2 + 0.01), normalised by the number of pixels.
+  np.testing.assert_allclose(float(losses.opacity(jnp.zeros(4))), 0.1,
+                             rtol=1e-6)
+  grad = jax.grad(losses.opacity)(jnp.array([0.0, 0.5, 1.0, 1.0]))
+  np.testing.assert_allclose(
+      grad, [0.0, 0.5 / np.sqrt(0.26) / 4, 1 / np.sqrt(1.01) / 4,
+             1 / np.sqrt(1.01) / 4], rtol=1e-5)

@@ -216,12 +216,16 @@ def _orange_pixels(rgb):
 
 
 def test_snowman_nose_faces_plus_x():
-  # Azimuth 0 is +x (the front): the nose is seen; azimuth 180 hides it. From
-  # +y (azimuth 90) the camera's right is -x, so the nose is on the left.
+  # Azimuth 0 is +x (the front): the nose is seen, above the centre;
+  # azimuth 180 hides it. From +y (azimuth 90) the camera's right is -x, so
+  # the nose is on the left.
   cams = _four_cameras([0.0, 180.0, 90.0, 270.0], 10.0, 1.3, 1.0)
   rgb, _ = raytrace.render('a snowman', cams, _RES, shading.albedo_only((4,)))
   counts = _orange_pixels(rgb)
   assert counts[0] >= 4 and counts[1] == 0
+  # The nose (z = 0.3) sits above the image centre: in the top rows.
+  rows = np.nonzero(_orange_mask(rgb[0]).any(1))[0]
+  assert rows.max() < 16
   columns = [np.nonzero(_orange_mask(rgb[i]).any(0))[0] for i in (2, 3)]
   assert columns[0].size and columns[0].max() < 16  # Left half.
   assert columns[1].size and columns[1].min() >= 16  # Right half.
@@ -331,6 +335,57 @@ def test_posterior_matches_reference_for_union_and_group(toy, t):
   np.testing.assert_allclose(
       p[1], _reference_weights(prior, z[1], t, groups == group), atol=1e-4)
   assert np.all(p[1][groups != group] == 0.0)
+
+
+def test_posterior_mean_at_middle_t_matches_float64(toy):
+  """E[x_0 | z_t] where the posterior mixes images, against float64 numpy.
+
+  z_t = a_t (0.6 x_i + 0.4 x_j) for the closest pair of images of different
+  groups: at t = 500 the posterior weighs x_i most, x_j by a fair share and
+  others a little, so the temperature 1 / (2 s_t^2), the scaling by a_t and
+  the group weights all show in the mean (near t = 0 or for z_t drawn from
+  one image it is one image, whatever the temperature).
+  """
+  _, prior = toy
+  images = np.asarray(prior.params['images'], np.float64)
+  groups = np.asarray(prior.params['groups'])
+  x = images.reshape(len(images), -1)
+  sq = np.sum(x * x, axis=-1)
+  d2 = sq[:, None] + sq[None] - 2.0 * x @ x.T
+  d2[groups[:, None] == groups[None]] = np.inf
+  i, j = np.unravel_index(np.argmin(d2), d2.shape)
+  t = 500
+  abar = float(prior.alphas_cumprod[t])
+  # The reference starts from the float32 z_t the prior gets.
+  z = np.float32(np.sqrt(abar) * (0.6 * x[i] + 0.4 * x[j])).astype(
+      np.float64)
+  want, weights = [], []
+  for members in (np.ones_like(groups, bool), groups == groups[i]):
+    logits = np.where(members, -np.sum((z - np.sqrt(abar) * x)**2, axis=-1)
+                      / (2.0 * (1.0 - abar)), -np.inf)
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    want.append((p @ x).reshape(images.shape[1:]))
+    weights.append(p)
+  # The union's posterior is a real mixture; the group's excludes x_j.
+  assert 0.05 < weights[0][j] < weights[0][i] < 0.95, weights[0][[i, j]]
+  assert weights[1][j] == 0.0
+  emb = jnp.stack([prior.uncond_embedding,
+                   jax.nn.one_hot(groups[i], exact_prior.NUM_GROUPS)])
+  z_t = jnp.asarray(np.broadcast_to(z.reshape(images.shape[1:]),
+                                    (2,) + images.shape[1:]), jnp.float32)
+  t_b = jnp.full((2,), t, jnp.int32)
+  got = np.asarray(jax.jit(exact_prior.posterior_mean)(prior.params, z_t,
+                                                       t_b, emb))
+  # Logits near 1e3 in float32 carry errors near 1e-3, which move the
+  # mean by about 1e-4 here; a wrong temperature moves it by 0.1.
+  np.testing.assert_allclose(got, np.stack(want), atol=1e-3)
+  # And the noise prediction it implies, (z_t - a_t E[x_0 | z_t]) / s_t.
+  eps = np.asarray(jax.jit(exact_prior.predict_noise)(prior.params, z_t, t_b,
+                                                      emb))
+  np.testing.assert_allclose(
+      eps, (np.asarray(z_t) - np.sqrt(abar) * np.stack(want))
+      / np.sqrt(1.0 - abar), atol=2e-3)
 
 
 def test_one_hot_embedding_only_weighs_its_group(toy):

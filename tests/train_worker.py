@@ -6,8 +6,10 @@ the parallelism tests run this script as a subprocess:
   python tests/train_worker.py OUT.npz DEVICES BATCH STEPS \
       [PROCESS_ID NUM_PROCESSES PORT]
 
-It writes the final parameters (flattened) and the last metrics to OUT.npz
-(process 0 only).
+The learning rate starts at its peak (no warm-up), so every step moves the
+parameters. It writes (process 0 only) to OUT.npz the initial and final
+parameters (flattened) and every step's metrics, stacked: 'train_loss',
+'train_grad_norm', ... of shape [STEPS].
 """
 
 import os
@@ -32,19 +34,24 @@ def main(out, devices, batch, steps, process_id=None, num_processes=None,
 
   config = tiny.get_config()
   config.batch_per_device = int(batch)
+  config.optim.warmup_steps = 0
   mesh = train_step.make_mesh()
   model = field.make_model(config)
   tx = train_step.make_optimizer(config)
   prior = train_step.replicate(priors.load_prior(config), mesh)
   state, base_key = train_step.initial_state(config.seed, model, tx, mesh)
+  params0 = ravel_pytree(jax.device_get(state.params))[0]
   step_fn = train_step.make_train_step(config, model, tx, mesh)
+  history = []
   for _ in range(int(steps)):
     state, metrics = step_fn(state, prior, base_key)
+    history.append(jax.device_get(metrics))
   flat = ravel_pytree(jax.device_get(state.params))[0]
   if jax.process_index() == 0:
-    np.savez(out, params=np.asarray(flat), devices=jax.device_count(),
-             **{k.replace('/', '_'): np.asarray(v)
-                for k, v in jax.device_get(metrics).items()})
+    np.savez(out, params=np.asarray(flat), params0=np.asarray(params0),
+             devices=jax.device_count(),
+             **{k.replace('/', '_'): np.asarray([m[k] for m in history])
+                for k in history[0]})
 
 
 if __name__ == '__main__':
