@@ -50,6 +50,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.nerf.hash_levels = 16
   config.nerf.hash_log2_table_size = 19
   config.nerf.hash_max_resolution = 2048
+  # Chunks do not help a hash grid: each chunk's backward scatters into a
+  # gradient the size of the whole tables (benchmark_render.py: 1.03x).
+  config.render.field_chunk = 0
 
   config.shading.albedo_steps = 2000
 

@@ -62,9 +62,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Albedo-only renders throughout, matched by albedo-only prior images
   # (toy.lit_prob = 0 below). In 1000 steps the paper's lit/textureless mix
   # after step 300 ended far lower (torus IoU 0.25 against 0.62 at density
-  # > 5) and ran 3x slower: lit renders need normals, one more backward pass
-  # through the field. With no lit views and no orientation loss, training
-  # skips the normals altogether (train_step.needs_normals).
+  # > 5) and ran 3x slower then (lit renders need normals, one more backward
+  # pass through the field; with the field in chunks, a lit step now costs
+  # less than an unchunked albedo-only one). With no lit views and no
+  # orientation loss, training skips the normals (train_step.needs_normals).
   config.shading.lit_prob = 0.0  # Never lit, whatever num_steps is.
   config.loss.orientation_weight_start = 0.0
   config.loss.orientation_weight_end = 0.0

@@ -13,6 +13,8 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
+from dreamfusion_jax import errors
+
 
 class Checkpointer:
   """An orbax CheckpointManager that keeps the newest K checkpoints."""
@@ -37,8 +39,17 @@ class Checkpointer:
     """Restores `step` (default: newest) into the structure and shardings of
     `abstract_state` (a pytree of jax.ShapeDtypeStruct)."""
     step = self._manager.latest_step() if step is None else step
-    return self._manager.restore(
-        step, args=ocp.args.StandardRestore(abstract_state))
+    try:
+      return self._manager.restore(
+          step, args=ocp.args.StandardRestore(abstract_state))
+    except ValueError as e:
+      if 'mismatch' not in str(e).lower():
+        raise
+      raise errors.UserError(
+          f'checkpoint {step} in {self.directory} holds a train state of '
+          'another shape (written by another version, or with another '
+          'render.sampler or field); use a new --workdir, or the version '
+          'and config that wrote it.') from None
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

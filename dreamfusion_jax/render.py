@@ -30,6 +30,10 @@ from dreamfusion_jax import occupancy as occupancy_lib
 from dreamfusion_jax import shading as shading_lib
 from dreamfusion_jax.nerf import field as field_lib
 
+# Values of render.sampler and render.normals.
+SAMPLERS = ('stratified', 'occupancy')
+NORMAL_MODES = ('autodiff', 'central', 'forward')
+
 
 def intersect_sphere(origins, directions, radius: float):
   """Entry and exit distances of unit-direction rays through a sphere at 0.
@@ -86,10 +90,6 @@ def compositing_weights(density, delta):
   accumulated = jnp.concatenate(
       [jnp.zeros_like(accumulated[..., :1]), accumulated[..., :-1]], axis=-1)
   return alpha * jnp.exp(-accumulated)
-
-
-SAMPLERS = ('stratified', 'occupancy')
-NORMAL_MODES = ('autodiff', 'central', 'forward')
 
 
 def field_outputs(model: field_lib.NeRF, params, points, *, normals: bool,

@@ -8,6 +8,8 @@ import pytest
 
 from configs import tiny
 from dreamfusion_jax import cameras
+from dreamfusion_jax import checkpoint
+from dreamfusion_jax import errors
 from dreamfusion_jax import occupancy
 from dreamfusion_jax import priors
 from dreamfusion_jax import render
@@ -212,3 +214,16 @@ def test_train_step_with_occupancy_updates_the_grid():
   assert bool(jnp.all(jnp.isfinite(state.occupancy)))
   assert 0.0 < float(metrics_['render/occupied_fraction']) < 0.5
   assert float(metrics_['train/finite']) == 1.0
+
+
+def test_a_checkpoint_of_another_train_state_is_one_sentence(tmp_path):
+  # E.g. a run written before the train state held the occupancy grid.
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=2)
+  ckpt.save(4, {'params': np.zeros(3, np.float32)})
+  ckpt.wait()
+  target = {'params': jax.ShapeDtypeStruct((3,), jnp.float32),
+            'occupancy': jax.ShapeDtypeStruct((1, 1, 1), jnp.float32)}
+  with pytest.raises(errors.UserError, match='another shape.*new --workdir'):
+    ckpt.restore(target)
+  ckpt.close()
+  assert (tmp_path / 'checkpoints' / '4').is_dir()  # Left as it was.
