@@ -46,13 +46,18 @@ def get_config() -> ml_collections.ConfigDict:
   render.num_samples = 64  # Stratified samples per ray (and in eval renders).
   render.scene_radius = 1.4  # Bounding sphere; samples lie inside it.
   render.chunk = 8192  # Rays per chunk in full-image (eval) renders.
-  # Training samples: 'stratified' (num_samples across the whole bound) or
-  # 'occupancy' (occupancy_samples in the cells where density can be).
-  render.sampler = 'stratified'
+  # Training samples: 'occupancy' places occupancy_samples per ray in the
+  # cells of an occupancy grid where density can be (Instant-NGP's empty-space
+  # skipping, static shapes); 'stratified' spreads num_samples across the
+  # whole bound. With a quarter of the samples the toy table stayed within
+  # seed noise (README), counting the grid's updates 3.2x fewer evaluations.
+  render.sampler = 'occupancy'
   render.occupancy_samples = 16  # Samples per ray with the occupancy grid.
   render.occupancy_resolution = 64  # Grid cells per axis over the bound.
   render.occupancy_threshold = 0.1  # Density above which a cell is occupied.
-  render.occupancy_decay = 0.95  # Per update: how fast emptied cells fade.
+  # Per update, how much of an emptied cell's density is remembered.
+  # Instant-NGP's 0.95 kept the grid full for 700 of the toy's 1000 steps.
+  render.occupancy_decay = 0.5
   render.occupancy_update_every = 16  # Steps between grid updates.
   render.occupancy_candidates = 128  # Bins per ray where it is looked up.
   # Normals: 'autodiff' (a VJP), 'central' or 'forward' finite differences.

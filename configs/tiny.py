@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_steps = 6
   config.render.resolution = 8
   config.render.num_samples = 8
+  config.render.occupancy_samples = 4
+  config.render.occupancy_resolution = 8
+  config.render.field_chunk = 128  # The step's 256 samples in two chunks.
   config.render.chunk = 64
   config.nerf.mlp_width = 16
   config.nerf.mlp_blocks = 1

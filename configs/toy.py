@@ -46,6 +46,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.render.resolution = 32  # The prior's image size.
   config.render.num_samples = 32
   config.render.scene_radius = 1.0  # Every toy object fits in radius 0.7.
+  # A quarter of the samples, on a grid as coarse as their spacing.
+  config.render.occupancy_samples = 8
+  config.render.occupancy_resolution = 32
 
   config.nerf.field = 'mlp'
   config.nerf.mlp_width = 64

@@ -106,13 +106,13 @@ def test_samples_lie_in_occupied_cells_in_order():
       mask, origins[:, None] + centers[..., None] * directions[:, None],
       BOUND))
   # Every sample of a ray that meets the grid falls in an occupied bin.
-  index = np.clip(((np.asarray(t) - np.asarray(near)[:, None])
-                   / width[:, None]).astype(int), 0, 127)
-  in_occupied = np.take_along_axis(occupied_bins, index, axis=-1)
-  assert in_occupied[hit].all()
+  t, near, width = np.asarray(t)[hit], np.asarray(near)[hit], width[hit]
+  index = np.clip(((t - near[:, None]) / width[:, None]).astype(int), 0, 127)
+  in_occupied = np.take_along_axis(occupied_bins[hit], index, axis=-1)
+  assert in_occupied.all()
   # delta sums to the ray's occupied length.
-  np.testing.assert_allclose(np.asarray(delta.sum(-1)),
-                             occupied_bins.sum(-1) * width, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(delta.sum(-1))[hit],
+                             occupied_bins[hit].sum(-1) * width, rtol=1e-5)
 
 
 def test_full_grid_gives_the_stratified_samples():
