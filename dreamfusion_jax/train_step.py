@@ -5,7 +5,10 @@ One step (DESIGN.md section 2):
      so each view's camera, light, shading mode, samples, t and noise depend
      only on (seed, step, view): a resumed run continues exactly, and one
      device with 4 views equals 4 devices with 1 view each.
-  2. Each device renders its `batch_per_device` views, computes the SDS
+  2. Every occupancy_update_every steps the occupancy grid is updated from
+     the field (`occupancy.py`; the same on every device), and the views'
+     samples fall in its occupied cells (render.sampler = 'occupancy').
+     Each device renders its `batch_per_device` views, computes the SDS
      surrogate through the frozen prior and the regularisers (`batch_loss`).
   3. Gradients are averaged over every device (`lax.pmean` inside
      `jax.shard_map` over the 1-D mesh 'data'); the optax update follows.
