@@ -77,6 +77,31 @@ def as_partial(fn: PointFn) -> jax.tree_util.Partial:
   return jax.tree_util.Partial(fn)
 
 
+def map_in_chunks(fn, points, chunk: int):
+  """fn over points [..., 3] in chunks of `chunk` points, inside jit.
+
+  The points are flattened and zero-padded to whole chunks; `jax.lax.map`
+  evaluates one chunk at a time, so only one chunk's intermediates are
+  live. Outputs keep the points' leading shape.
+
+  Args:
+    fn: points [C, 3] -> a pytree of arrays with leading dimension C.
+    points: [..., 3].
+    chunk: points per evaluation.
+
+  Returns:
+    fn's pytree with leading shape points.shape[:-1].
+  """
+  shape = points.shape[:-1]
+  n = points[..., 0].size
+  chunk = min(chunk, n)
+  blocks = jnp.pad(points.reshape(-1, 3), ((0, -n % chunk), (0, 0)))
+  out = jax.lax.map(fn, blocks.reshape(-1, chunk, 3))
+  return jax.tree.map(
+      lambda x: x.reshape(-1, *x.shape[2:])[:n].reshape(shape + x.shape[2:]),
+      out)
+
+
 @jax.jit
 def _apply(fn, points):
   return fn(points)

@@ -9,9 +9,9 @@ The grid. A [R, R, R] float32 array over the cube [-bound, bound]^3 (bound =
 render.scene_radius) holds a decaying maximum of the density in each cell:
 every `update_every` steps, `update` evaluates the field at one jittered
 point per cell and sets grid = max(decay * grid, density) (the first
-update sets grid = density). A cell is
-occupied when its value exceeds the threshold or a neighbour's does (one
-cell of dilation, so that a surface can grow outward by a cell per update).
+update sets grid = density). A cell is occupied when its value exceeds the
+threshold or a neighbour's does (one cell of dilation, so that a surface
+can grow outward by a cell per update).
 A fresh grid is all occupied (`initial_grid`), so the first steps, and the
 density blob that starts every run, see the whole bound; space is carved
 away only as the field empties it.
@@ -67,13 +67,8 @@ def update(grid: jax.Array, density_fn: numerics.PointFn, key, bound: float,
   cell = 2.0 * bound / resolution
   points = cell_centers(resolution, bound) + cell * jax.random.uniform(
       key, grid.shape + (3,), minval=-0.5, maxval=0.5)
-  flat = points.reshape(-1, 3)
-  chunk = min(chunk, flat.shape[0])
-  pad = -flat.shape[0] % chunk
-  flat = jnp.pad(flat, ((0, pad), (0, 0)))
-  density = jax.lax.map(density_fn, flat.reshape(-1, chunk, 3))
-  density = density.reshape(-1)[:grid.size].reshape(grid.shape)
-  density = jax.lax.stop_gradient(density)
+  density = jax.lax.stop_gradient(
+      numerics.map_in_chunks(density_fn, points, chunk))
   return jnp.where(jnp.isinf(grid), density,
                    jnp.maximum(decay * grid, density))
 

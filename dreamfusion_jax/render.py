@@ -142,16 +142,9 @@ def field_outputs(model: field_lib.NeRF, params, points, *, normals: bool,
       grad_raw = (raw[1:4] - raw[0:1]) / normal_eps
     return raw[0], albedo[0], jnp.moveaxis(grad_raw, 0, -1)
 
-  n = points[..., 0].size
-  if not chunk or n <= chunk:
+  if not chunk or points[..., 0].size <= chunk:
     return evaluate(points)
-  shape = points.shape[:-1]
-  pad = -n % chunk
-  blocks = jnp.pad(points.reshape(-1, 3), ((0, pad), (0, 0)))
-  out = jax.lax.map(jax.checkpoint(evaluate), blocks.reshape(-1, chunk, 3))
-  return jax.tree.map(
-      lambda x: x.reshape(-1, *x.shape[2:])[:n].reshape(shape + x.shape[2:]),
-      out)
+  return numerics.map_in_chunks(jax.checkpoint(evaluate), points, chunk)
 
 
 def render_rays(model: field_lib.NeRF, params, origins, directions,
