@@ -81,6 +81,15 @@ def get_config() -> ml_collections.ConfigDict:
   nerf.hash_max_resolution = 2048  # Finest grid resolution.
   nerf.hash_mlp_width = 64  # Hidden units of the hash-grid decoder.
   nerf.hash_mlp_layers = 2  # Hidden layers of the hash-grid decoder.
+  # Coarse to fine: levels trained at first (0: all from the start), then
+  # one more every hash_level_every_steps from hash_level_start_step.
+  nerf.hash_start_levels = 0
+  nerf.hash_level_start_step = 0  # Step at which levels start being added.
+  nerf.hash_level_every_steps = 500  # Steps between added levels.
+  nerf.density_activation = 'exp'  # 'exp' (paper) or 'softplus'.
+  # Blob added to the raw density: 'paper' lambda exp(-|x|^2 / 2 s^2) or
+  # 'magic3d' lambda (1 - |x| / s), lambda = blob_density, s = blob_radius.
+  nerf.blob = 'paper'
   nerf.blob_density = 5.0  # Density blob peak lambda_tau (pre-activation).
   nerf.blob_radius = 0.2  # Density blob width sigma_tau.
   nerf.background = 'mlp'  # 'mlp' of the view direction or 'constant'.
@@ -101,7 +110,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Hub id, local folder, or 'toy'.
   guidance.model = 'stable-diffusion-v1-5/stable-diffusion-v1-5'
   guidance.revision = ''  # Hub branch ('flax' exists for CompVis v1-4).
-  guidance.dtype = 'auto'  # 'auto' (bf16 accelerator, f32 CPU) or a dtype.
+  # 'auto' (float16 on GPU, bfloat16 on TPU, float32 on CPU) or a dtype.
+  guidance.dtype = 'auto'
   guidance.allow_pickle = False  # Permit loading pickled PyTorch .bin weights.
   guidance.scale = 100.0  # eps_u + scale (eps_c - eps_u); paper omega+1.
   guidance.t_min = 0.02  # Lowest diffusion time, fraction of the schedule.
@@ -115,7 +125,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.toy = toy = ml_collections.ConfigDict()
   toy.images_per_view = 100  # Prior images per (prompt, view) group.
   toy.background_color = (1.0, 1.0, 1.0)  # Background of the prior images.
-  toy.lit_prob = 0.5  # Share of prior images lit (else albedo only).
+  toy.lit_prob = 1.0  # Share of prior images lit: photographs are.
   toy.supersample = 2  # s x s sub-pixel rays per prior-image pixel (AA).
   toy.num_timesteps = 1000  # Discrete diffusion steps of the toy schedule.
   toy.beta_start = 0.00085  # Scaled-linear schedule, as Stable Diffusion's.
@@ -126,6 +136,9 @@ def get_config() -> ml_collections.ConfigDict:
   loss.orientation_weight_start = 1e-4  # Orientation weight at step 0.
   loss.orientation_weight_end = 1e-2  # Orientation weight after the ramp.
   loss.orientation_ramp_fraction = 1.0 / 3.0  # Ramp length, share of num_steps.
+  loss.orientation_ramp_shape = 'geometric'  # Or 'linear'.
+  # Average the orientation loss over 'rays' (all) or the 'opaque' ones.
+  loss.orientation_normalize = 'rays'
   loss.opacity_weight = 0.0  # sqrt(opacity^2 + 0.01) sparsity weight.
   loss.entropy_weight = 0.0  # Binary entropy of opacity weight.
   loss.distortion_weight = 0.0  # mip-NeRF 360 distortion (sharp surfaces).
@@ -144,6 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
   optim.eps = 1e-15  # Adam epsilon (small: SDS gradients are tiny).
   optim.grad_clip = 1.0  # Global-norm clip; 0 disables.
   optim.hashgrid_lr_multiplier = 10.0  # Hash tables' lr relative to MLPs.
+  optim.background_lr_multiplier = 1.0  # Background MLP's lr relative.
   optim.max_bad_steps = 20  # Non-finite updates in a row to stop (checked
   # at log and checkpoint steps).
 

@@ -11,22 +11,34 @@ import ml_collections
 from dreamfusion_jax import errors
 
 
-def orientation(weights, sample_normals, directions):
+ORIENTATION_NORMALIZATIONS = ('rays', 'opaque')
+# Opacity above which a ray counts as seeing the object ('opaque').
+OPAQUE_RAY = 1e-3
+
+
+def orientation(weights, sample_normals, directions, normalize='rays'):
   """Orientation loss of Ref-NeRF as used by the paper.
 
-    L = mean over rays of sum_i stopgrad(w_i) max(0, n_i . d)^2
+    L = sum over rays of sum_i stopgrad(w_i) max(0, n_i . d)^2 / count
 
   It penalises normals that face away from the camera where the ray sees
   mass; the weights are constants, so the loss moves normals, not density.
+  `count` is every ray ('rays', a mean) or the rays whose opacity exceeds
+  OPAQUE_RAY ('opaque', threestudio's): then the loss does not weaken as
+  the object covers less of the image.
 
   Args:
     weights: [..., N] compositing weights.
     sample_normals: [..., N, 3] unit normals.
     directions: [..., 3] unit ray directions (camera to scene).
+    normalize: one of ORIENTATION_NORMALIZATIONS.
   """
+  weights = jax.lax.stop_gradient(weights)
   n_dot_d = jnp.sum(sample_normals * directions[..., None, :], axis=-1)
-  per_ray = jnp.sum(jax.lax.stop_gradient(weights) *
-                    jnp.maximum(n_dot_d, 0.0) ** 2, axis=-1)
+  per_ray = jnp.sum(weights * jnp.maximum(n_dot_d, 0.0) ** 2, axis=-1)
+  if normalize == 'opaque':
+    seen = jnp.sum(weights, axis=-1) > OPAQUE_RAY
+    return jnp.sum(per_ray) / jnp.maximum(jnp.sum(seen), 1)
   return jnp.mean(per_ray)
 
 
@@ -72,10 +84,22 @@ def distortion(weights, t, delta, length):
 
 def validate(loss_config: ml_collections.ConfigDict) -> None:
   """Raises UserError with one sentence for an invalid `loss` group."""
-  if loss_config.distortion_weight < 0:
+  c = loss_config
+  for name in ('orientation_weight_start', 'orientation_weight_end',
+               'opacity_weight', 'entropy_weight', 'distortion_weight'):
+    if c[name] < 0:
+      raise errors.UserError(
+          f'loss.{name} = {c[name]} is negative; use 0 (off) or a positive '
+          'weight.')
+  if c.orientation_normalize not in ORIENTATION_NORMALIZATIONS:
     raise errors.UserError(
-        f'loss.distortion_weight = {loss_config.distortion_weight} is '
-        'negative; use 0 (off) or a positive weight.')
+        f"loss.orientation_normalize = '{c.orientation_normalize}' is "
+        "unknown; use 'rays' (mean over all rays) or 'opaque' (over the "
+        "rays that see the object).")
+  if c.orientation_ramp_shape not in ('geometric', 'linear'):
+    raise errors.UserError(
+        f"loss.orientation_ramp_shape = '{c.orientation_ramp_shape}' is "
+        "unknown; use 'geometric' or 'linear'.")
   ramp = tuple(loss_config.distortion_ramp)
   if len(ramp) != 2 or not 0.0 <= ramp[0] <= ramp[1] <= 1.0:
     raise errors.UserError(

@@ -97,8 +97,8 @@ def field_outputs(model: field_lib.NeRF, params, points, *, normals: bool,
                   chunk: int = 0):
   """The field at sample points, with the gradient of its raw density.
 
-  Normals are n = -grad tau / |grad tau|; tau = exp(raw) is monotone in raw,
-  so grad raw has the same direction. Ways to get it (`normal_mode`):
+  Normals are n = -grad tau / |grad tau|; tau (exp or softplus of raw) is
+  monotone in raw, so grad raw has the same direction. Ways to get it (`normal_mode`):
     'autodiff'  one vector-Jacobian product through the field (each
                 sample's density depends only on its own position); the
                 training backward is then second order through the field.
@@ -196,7 +196,7 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
       normal_eps=normal_eps, chunk=field_chunk)
   sample_normals = (-numerics.safe_normalize(grad_raw) if normals
                     else grad_raw)
-  density = numerics.safe_exp(raw)
+  density = model.activate(raw)
 
   per_sample = jax.tree.map(lambda a: jnp.asarray(a)[..., None], shading)
   colors = shading_lib.shade(albedo, sample_normals, points,

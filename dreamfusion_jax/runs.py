@@ -77,6 +77,18 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
           '--workdir you can write to.') from None
 
 
+# Keys added after runs were first written, with the values that reproduce
+# how those runs were trained; a config.json without them gets these.
+_ADDED_KEYS = {
+    'nerf': {'density_activation': 'exp', 'blob': 'paper',
+             'hash_start_levels': 0, 'hash_level_start_step': 0,
+             'hash_level_every_steps': 1},
+    'loss': {'orientation_normalize': 'rays',
+             'orientation_ramp_shape': 'geometric'},
+    'optim': {'background_lr_multiplier': 1.0},
+}
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
   """The resolved config a run wrote to `<workdir>/config.json`."""
   path = os.path.join(os.fspath(workdir), CONFIG_FILE)
@@ -85,7 +97,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         f'{workdir} has no config.json; pass the --workdir of a training '
         'run.')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    values = json.load(f)
+  for group, added in _ADDED_KEYS.items():
+    if group in values:
+      values[group] = {**added, **values[group]}
+  return ml_collections.ConfigDict(values)
 
 
 def workdirs_under(root: str) -> List[str]:
@@ -118,7 +134,8 @@ def load_trained(workdir: str, step=None):
     step: checkpoint step; the newest when None.
 
   Returns:
-    (config, model, params, step).
+    (config, model, params, step); the params as the run's step uses them
+    (`field.active_params`: a progressive hash grid's later levels zeroed).
   """
   config = load_config(workdir)
   ckpt = checkpoint_lib.Checkpointer(workdir, config.checkpoint.keep)
@@ -143,4 +160,5 @@ def load_trained(workdir: str, step=None):
         step)
   finally:
     ckpt.close()
-  return config, model, state.params, int(state.step)
+  step = int(state.step)
+  return config, model, field.active_params(state.params, step, config), step

@@ -27,17 +27,22 @@ def learning_rate(optim_config: ml_collections.ConfigDict,
 
 def orientation_weight(step, loss_config: ml_collections.ConfigDict,
                        num_steps: int):
-  """Orientation-loss weight, ramped geometrically from start to end.
+  """Orientation-loss weight, ramped from start to end.
 
   The paper anneals it from 1e-4 to 1e-2 over the first third of training;
-  a geometric ramp spends equal time in each decade.
+  a 'geometric' ramp spends equal time in each decade. threestudio's
+  Stable Diffusion recipe ramps 'linear'ly from 10 to 1000 over half.
   """
   c = loss_config
   ramp = max(c.orientation_ramp_fraction * num_steps, 1.0)
   frac = jnp.clip(step / ramp, 0.0, 1.0)
-  start = jnp.log(jnp.maximum(c.orientation_weight_start, 1e-30))
-  end = jnp.log(jnp.maximum(c.orientation_weight_end, 1e-30))
-  weight = jnp.exp(start + frac * (end - start))
+  if c.orientation_ramp_shape == 'linear':
+    weight = (c.orientation_weight_start +
+              frac * (c.orientation_weight_end - c.orientation_weight_start))
+  else:
+    start = jnp.log(jnp.maximum(c.orientation_weight_start, 1e-30))
+    end = jnp.log(jnp.maximum(c.orientation_weight_end, 1e-30))
+    weight = jnp.exp(start + frac * (end - start))
   return jnp.where(c.orientation_weight_end > 0, weight, 0.0)
 
 

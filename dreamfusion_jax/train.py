@@ -58,6 +58,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   cameras.validate(config.camera)
   render.validate(config.render)
   shading.validate(config.shading)
+  field.validate(config)
   field.make_model(config)  # Refuses unknown field or background kinds.
   priors.validate(config)
 
@@ -169,7 +170,8 @@ def train_and_export(config: ml_collections.ConfigDict,
             'optim.learning_rate or guidance.scale.')
       if (writer is not None and config.log.preview_every_steps and
           (step % config.log.preview_every_steps == 0 or last)):
-        grid = preview_grid(model, state.params, config)
+        grid = preview_grid(
+            model, field.active_params(state.params, step, config), config)
         _write_preview(grid, workdir, step)
         writer.add_image('render/preview', grid, step, dataformats='HWC')
       if step % config.checkpoint.every_steps == 0 or last:
@@ -185,7 +187,8 @@ def train_and_export(config: ml_collections.ConfigDict,
                  max(time.time() - t_start, 1e-9), compile_s)
 
   if config.export.at_end and is_host0:
-    paths = export.export_all(config, model, state.params,
+    params = field.active_params(state.params, int(state.step), config)
+    paths = export.export_all(config, model, params,
                               os.path.join(workdir, 'export'))
     logging.info('Exported %d files to %s.', len(paths),
                  os.path.join(workdir, 'export'))

@@ -92,8 +92,11 @@ def make_optimizer(config: ml_collections.ConfigDict
                    ) -> optax.GradientTransformation:
   """Adam with warm-up + cosine decay and global-norm clipping.
 
-  Hash tables get `hashgrid_lr_multiplier` times the MLP rate: their entries
-  receive sparse, small gradients (Instant-NGP trains them with a high rate).
+  Hash tables get `hashgrid_lr_multiplier` times the field MLP's rate: their
+  entries receive sparse, small gradients (Instant-NGP trains them with a
+  high rate). The background MLP gets `background_lr_multiplier` times it:
+  a background that learns as fast as the object can paint the prompt
+  (threestudio trains it at a tenth of the field's rate).
   """
   c = config.optim
   lr = schedules.learning_rate(c, config.num_steps)
@@ -103,11 +106,14 @@ def make_optimizer(config: ml_collections.ConfigDict
                       eps=c.eps)
 
   def label(path, _):
-    return 'hash' if any(getattr(k, 'key', None) == 'tables'
-                         for k in path) else 'mlp'
+    keys = [getattr(k, 'key', None) for k in path]
+    if 'tables' in keys:
+      return 'hash'
+    return 'background' if 'background_model' in keys else 'mlp'
 
   tx = optax.multi_transform(
-      {'mlp': adam(1.0), 'hash': adam(c.hashgrid_lr_multiplier)},
+      {'mlp': adam(1.0), 'hash': adam(c.hashgrid_lr_multiplier),
+       'background': adam(c.background_lr_multiplier)},
       lambda params: jax.tree_util.tree_map_with_path(label, params))
   if c.grad_clip > 0:
     tx = optax.chain(optax.clip_by_global_norm(c.grad_clip), tx)
@@ -196,7 +202,8 @@ def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
   sds_loss, aux = jax.vmap(one_view)(out['rgb'], cams.azimuth,
                                      cams.elevation, k_sds)
   orient = losses.orientation(out['weights'], out['sample_normals'],
-                              out['directions'])
+                              out['directions'],
+                              config.loss.orientation_normalize)
   opacity = losses.opacity(out['opacity'])
   entropy = losses.entropy(out['opacity'])
   distortion = losses.distortion(out['weights'], out['t'], out['delta'],
@@ -266,12 +273,16 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
     loss_fn = functools.partial(batch_loss, prior=prior, keys=keys,
                                 step=state.step, model=model, config=config,
                                 occupied=occupied)
+    # A progressive hash grid's later levels give nothing and learn nothing.
+    active = functools.partial(field.active_params, step=state.step,
+                               config=config)
     # The params are replicated (the same on every device); the gradient of
     # a replicated input of shard_map is already summed over the devices.
     # Marked as varying, they get this device's own gradient instead, which
     # pmean then averages.
     params = jax.lax.pcast(state.params, AXIS, to='varying')
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(params)
+    grads, metrics = jax.grad(lambda p: loss_fn(active(p)), has_aux=True)(
+        params)
     grads = jax.lax.pmean(grads, AXIS)
     metrics = jax.lax.pmean(metrics, AXIS)
 
@@ -309,3 +320,8 @@ def validate_optim(optim_config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f'optim.learning_rate = {optim_config.learning_rate} must be '
         'positive.')
+  for name in ('hashgrid_lr_multiplier', 'background_lr_multiplier',
+               'grad_clip'):
+    if optim_config[name] < 0:
+      raise errors.UserError(
+          f'optim.{name} = {optim_config[name]} is negative; use 0 or more.')

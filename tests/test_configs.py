@@ -68,7 +68,7 @@ def test_stable_diffusion_config_values():
   config = _load(ROOT / 'configs' / 'dreamfusion_sd.py').get_config()
   assert config.render.resolution == 64
   assert config.num_steps == 10000
-  assert config.guidance.scale == 100.0
+  assert config.guidance.scale == 101.0  # threestudio's 100.
   assert (config.guidance.t_min, config.guidance.t_max) == (0.02, 0.98)
   assert config.nerf.field == 'hashgrid'
   # Cameras stay outside the bounding sphere.
@@ -78,6 +78,21 @@ def test_stable_diffusion_config_values():
   assert hi == pytest.approx(1.374, abs=1e-3)
   assert config.camera.elevation_range == (-10.0, 45.0)
   assert config.shading.albedo_steps == 2000
+  # threestudio's dreamfusion-sd (PAPER_NOTES.md).
+  assert (config.nerf.density_activation, config.nerf.blob) == (
+      'softplus', 'magic3d')
+  assert (config.nerf.blob_density, config.nerf.blob_radius) == (10.0, 0.5)
+  assert (config.nerf.hash_start_levels, config.nerf.hash_level_start_step,
+          config.nerf.hash_level_every_steps) == (8, 2000, 500)
+  assert (config.loss.opacity_weight, config.loss.entropy_weight) == (1.0, 0)
+  assert (config.loss.orientation_weight_start,
+          config.loss.orientation_weight_end) == (10.0, 1000.0)
+  assert config.loss.orientation_normalize == 'opaque'
+  assert config.loss.orientation_ramp_shape == 'linear'
+  assert config.optim.grad_clip == 0.0
+  assert config.optim.background_lr_multiplier == 0.1
+  assert config.optim.learning_rate == config.optim.final_learning_rate
+  assert config.guidance.dtype == 'auto'
   doc = _load(ROOT / 'configs' / 'dreamfusion_sd.py').__doc__
   assert '--config.prompt="a DSLR photo of a corgi"' in doc
 

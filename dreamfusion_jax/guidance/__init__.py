@@ -18,6 +18,7 @@ imports diffusers and transformers, and only when a real model is loaded.
 
 from typing import List
 
+import jax
 import ml_collections
 
 from dreamfusion_jax import errors
@@ -57,7 +58,4 @@ def validate(guidance_config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f"guidance.weighting = '{g.weighting}' is unknown; use one of "
         f"{', '.join(repr(w) for w in sds.WEIGHTINGS)}.")
-  if g.dtype not in prior.DTYPES:
-    raise errors.UserError(
-        f"guidance.dtype = '{g.dtype}' is unknown; use one of "
-        f"{', '.join(repr(d) for d in prior.DTYPES)}.")
+  prior.check_dtype(g.dtype, jax.default_backend())

@@ -19,9 +19,21 @@ from dreamfusion_jax import errors
 
 # Order of the view-dependent embeddings (DESIGN.md section 4).
 VIEWS = ('front', 'side', 'back', 'overhead')
-# Compute dtypes of a prior's networks (guidance.dtype); 'auto' is bfloat16
-# on accelerators and float32 on CPU.
-DTYPES = ('auto', 'float32', 'bfloat16')
+# Compute dtypes of a prior's networks (guidance.dtype); 'auto' is float16
+# on GPUs, bfloat16 on TPUs and float32 on CPUs.
+DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
+
+
+def check_dtype(name: str, backend: str) -> None:
+  """Raises UserError for an unknown dtype, or float16 on a CPU."""
+  if name not in DTYPES:
+    raise errors.UserError(
+        f"guidance.dtype = '{name}' is unknown; use one of "
+        f"{', '.join(repr(d) for d in DTYPES)}.")
+  if name == 'float16' and backend == 'cpu':
+    raise errors.UserError(
+        "guidance.dtype = 'float16' needs a GPU (on a CPU it is emulated and "
+        "slow); use 'auto' or 'float32' here.")
 
 
 @flax.struct.dataclass

@@ -33,6 +33,7 @@ import safetensors.numpy
 from dreamfusion_jax import errors
 from dreamfusion_jax.guidance import hub
 from dreamfusion_jax.guidance import prior as prior_lib
+from dreamfusion_jax.guidance import weight_files
 from dreamfusion_jax.guidance import quiet  # pylint: disable=unused-import
 # After `quiet`, so the libraries' Flax deprecation notices are filtered.
 import diffusers  # pylint: disable=g-bad-import-order
@@ -40,54 +41,26 @@ from diffusers.models import modeling_flax_pytorch_utils as diffusers_pt
 import transformers  # pylint: disable=g-bad-import-order
 from transformers import modeling_flax_pytorch_utils as transformers_pt
 
-# Repository files fetched from the hub, for the components the prior reads
-# (repositories also hold a safety checker, fp16 and non-EMA copies and
-# single-file checkpoints: gigabytes the prior never reads). Configs and
-# tokenizer come with the Flax weights; safetensors, then (if allowed)
-# pickles, only for components without Flax weights.
-_COMPONENTS = ('unet', 'vae', 'text_encoder')
-_DIFFUSERS_PARTS = ('unet', 'vae')
-CONFIG_PATTERNS = ('model_index.json', 'scheduler/*.json', 'tokenizer/*') + (
-    tuple(f'{c}/config.json' for c in _COMPONENTS))
-FLAX_PATTERNS = tuple(
-    f'{c}/diffusion_flax_model.msgpack' for c in _DIFFUSERS_PARTS) + (
-        'text_encoder/flax_model.msgpack',)
-SAFETENSORS_PATTERNS = tuple(
-    f'{c}/diffusion_pytorch_model{suffix}' for c in _DIFFUSERS_PARTS
-    for suffix in ('.safetensors', '.safetensors.index.json',
-                   '-*.safetensors')) + (
-                       'text_encoder/model.safetensors',
-                       'text_encoder/model.safetensors.index.json',
-                       'text_encoder/model-*.safetensors')
-PICKLE_PATTERNS = tuple(
-    f'{c}/diffusion_pytorch_model.bin' for c in _DIFFUSERS_PARTS) + (
-        'text_encoder/pytorch_model.bin',)
-
-# Weight file names per library, in order of preference.
-_WEIGHT_FILES = {
-    'diffusers': ('diffusion_flax_model.msgpack',
-                  'diffusion_pytorch_model.safetensors',
-                  'diffusion_pytorch_model.safetensors.index.json',
-                  'diffusion_pytorch_model.bin'),
-    'transformers': ('flax_model.msgpack', 'model.safetensors',
-                     'model.safetensors.index.json', 'pytorch_model.bin'),
-}
-_LIBRARY = {'unet': 'diffusers', 'vae': 'diffusers',
-            'text_encoder': 'transformers'}
 # Sub-trees of the VAE params used to encode; the decoder is left on disk.
 _VAE_ENCODER = ('encoder', 'quant_conv')
 
 Params = Any
 
 
-def resolve_dtype(name: str) -> jnp.dtype:
-  """'auto' -> bfloat16 on accelerators, float32 on CPU; else the name."""
-  if name not in prior_lib.DTYPES:
-    raise errors.UserError(
-        f'guidance.dtype is {name!r}; use one of '
-        f'{", ".join(prior_lib.DTYPES)}.')
+def resolve_dtype(name: str, backend: Optional[str] = None) -> jnp.dtype:
+  """The networks' compute dtype for guidance.dtype on `backend`.
+
+  'auto' is float16 on GPUs, as the peers run Stable Diffusion (at CFG 100
+  the conditional-unconditional difference is multiplied by 100, and
+  float16 keeps 11 mantissa bits against bfloat16's 8), bfloat16 on TPUs
+  (their native half type), and float32 on CPUs, where half precision is
+  emulated and slower.
+  """
+  backend = backend or jax.default_backend()
+  prior_lib.check_dtype(name, backend)
   if name == 'auto':
-    return jnp.bfloat16 if jax.default_backend() != 'cpu' else jnp.float32
+    return {'gpu': jnp.float16, 'cuda': jnp.float16, 'rocm': jnp.float16,
+            'tpu': jnp.bfloat16}.get(backend, jnp.float32)
   return jnp.dtype(name)
 
 
@@ -110,16 +83,6 @@ def alphas_cumprod(scheduler_config: Dict[str, Any]) -> np.ndarray:
 
 # ----------------------------------------------------------------------------
 # Weights.
-
-
-def _weight_file(subfolder: pathlib.Path, library: str) -> pathlib.Path:
-  for name in _WEIGHT_FILES[library]:
-    if (subfolder / name).is_file():
-      return subfolder / name
-  raise errors.UserError(
-      f'{subfolder} has no weights (looked for '
-      f'{", ".join(_WEIGHT_FILES[library])}); download the full model or '
-      'point guidance.model at a complete diffusers-layout folder.')
 
 
 def _read_pickle(path: pathlib.Path, allow_pickle: bool,
@@ -201,7 +164,7 @@ def load_weights(subfolder: pathlib.Path, library: str, shapes: Params,
     errors.UserError: no weights, pickle not allowed, or weights that do not
       fit the config.
   """
-  path = _weight_file(subfolder, library)
+  path = weight_files.weight_file(subfolder, library)
   every = flax.traverse_util.flatten_dict(flax.core.unfreeze(shapes))
   expected = {k: v for k, v in every.items() if keep is None or k[0] in keep}
   if path.name.endswith('.msgpack'):
@@ -344,7 +307,7 @@ def make_prior(unet, unet_params: Params, vae, vae_params: Optional[Params],
   if vae is not None:
     params['vae'] = _cast(
         {k: vae_params[k] for k in _VAE_ENCODER}, dtype)
-    size = int(vae.sample_size)
+    size = vae_input_size(unet, vae)
     scaling = float(vae.scaling_factor)
   else:
     size = int(unet.sample_size)
@@ -395,35 +358,14 @@ def make_prior(unet, unet_params: Params, vae, vae_params: Optional[Params],
       predict_noise=predict_noise)
 
 
-def _has_weights(folder: pathlib.Path, component: str, patterns) -> bool:
-  subfolder = folder / component
-  return any((subfolder / name).is_file()
-             for name in _WEIGHT_FILES[_LIBRARY[component]]
-             if any(pathlib.PurePath(f'{component}/{name}').match(p)
-                    for p in patterns))
+def vae_input_size(unet, vae) -> int:
+  """Pixel size of the VAE's input: the UNet's latent size times the VAE's
+  downsampling factor, 2 per down block after the first.
 
-
-def fetch(model: str, revision: str = '',
-          allow_pickle: bool = False) -> pathlib.Path:
-  """The model's folder: a local one as is, or the hub snapshot.
-
-  From the hub, only what the prior reads: configs and tokenizer, then Flax
-  weights; safetensors only if some component has no Flax weights; pickles
-  only if allowed and some component has neither.
+  The VAE config's own `sample_size` is only the size it was trained at
+  (512 for v1.5, where the two agree; not for every checkpoint).
   """
-  folder = hub.resolve(model, revision, CONFIG_PATTERNS + FLAX_PATTERNS)
-  safe = FLAX_PATTERNS + SAFETENSORS_PATTERNS
-
-  def complete(folder, patterns):
-    return all(_has_weights(folder, c, patterns)
-               for c in _COMPONENTS if (folder / c).is_dir())
-
-  if not complete(folder, safe):
-    folder = hub.resolve(model, revision,
-                         CONFIG_PATTERNS + SAFETENSORS_PATTERNS)
-  if allow_pickle and not complete(folder, safe):
-    folder = hub.resolve(model, revision, CONFIG_PATTERNS + PICKLE_PATTERNS)
-  return folder
+  return int(unet.sample_size) * 2 ** (len(vae.block_out_channels) - 1)
 
 
 def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
@@ -437,7 +379,8 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
     negative_prompt: the unconditional prompt of classifier-free guidance
       ('' is the empty prompt the model was trained with).
     revision: hub revision ('' = default branch).
-    dtype: 'auto', 'float32' or 'bfloat16': compute dtype of the networks.
+    dtype: one of prior.DTYPES (`resolve_dtype`): the networks' compute
+      dtype.
     allow_pickle: permit pickled `.bin` weights.
 
   Returns:
@@ -447,7 +390,8 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
     raise ValueError(f'Need {len(prior_lib.VIEWS)} view prompts, got '
                      f'{len(view_prompts)}.')
   compute_dtype = resolve_dtype(dtype)
-  folder = fetch(model, revision, allow_pickle)
+  folder = weight_files.fetch(model, revision, allow_pickle,
+                              half=compute_dtype != jnp.float32)
   for required in ('unet', 'text_encoder'):
     _read_config(folder / required)
   scheduler_path = folder / 'scheduler' / 'scheduler_config.json'
@@ -457,9 +401,9 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
         'Diffusion folder in diffusers layout.')
   scheduler = json.loads(scheduler_path.read_text())
   # Refuse missing or pickled weights before any slow work.
-  for component in _COMPONENTS:
+  for component in weight_files.COMPONENTS:
     if (folder / component).is_dir():
-      path = _weight_file(folder / component, _LIBRARY[component])
+      path = weight_files.weight_file(folder / component, weight_files.LIBRARY[component])
       if path.name.endswith('.bin'):
         _read_pickle(path, allow_pickle, check_only=True)
 

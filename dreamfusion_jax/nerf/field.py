@@ -6,11 +6,23 @@ Two fields, chosen by `config.nerf.field`:
   'hashgrid' Instant-NGP's multiresolution hash encoding with a small MLP,
              which converges in far fewer steps.
 
-Both add the density blob of the paper to the pre-activation density,
-  tau(x) = exp(raw(x) + lambda_tau * exp(-|x|^2 / (2 sigma_tau^2))),
-which starts every run with a fuzzy ball at the origin, and squash albedo with
-a sigmoid. The background is an MLP of the encoded view direction or a
-constant colour.
+Both add a density blob b(x) to the pre-activation density and squash
+albedo with a sigmoid; `nerf.density_activation` and `nerf.blob` choose
+
+  tau(x) = exp(raw(x) + b(x)),  b(x) = lambda exp(-|x|^2 / (2 s^2))   (paper)
+  tau(x) = softplus(raw(x) + b(x)),  b(x) = lambda (1 - |x| / s)    (Magic3D)
+
+with lambda = nerf.blob_density and s = nerf.blob_radius. With raw ~ 0 at
+initialisation the paper's pair fills the whole bound with density about 1
+(a fog: every pixel at least 86% opaque at the Stable Diffusion recipe's
+cameras), while the Magic3D pair at (10, 0.5) is a ball of radius 0.5 in
+empty space (its density outside r = 0.75 is below 0.01).
+
+The hash grid can be coarse to fine (`nerf.hash_start_levels`): only the
+coarsest levels are active at first, and `active_params` zeroes the tables
+of the others, which then give no features and get no gradient.
+
+The background is an MLP of the encoded view direction or a constant colour.
 """
 
 import functools
@@ -112,11 +124,20 @@ class NeRF(nn.Module):
   background_model: nn.Module
   blob_density: float
   blob_radius: float
+  blob_kind: str = 'paper'
+  density_activation: str = 'exp'
 
   def blob(self, x):
     """Density blob added before the activation: [..., 3] -> [...]."""
     sq = jnp.sum(x * x, axis=-1)
+    if self.blob_kind == 'magic3d':
+      return self.blob_density * (1.0 - numerics.safe_sqrt(sq) /
+                                  self.blob_radius)
     return self.blob_density * jnp.exp(-sq / (2.0 * self.blob_radius ** 2))
+
+  def activate(self, raw):
+    """Density tau >= 0 from the pre-activation density (blob included)."""
+    return activate(self.density_activation, raw)
 
   def raw_density_and_albedo(self, x) -> Tuple[jax.Array, jax.Array]:
     """Pre-activation density (blob included) [...] and albedo [..., 3]."""
@@ -126,7 +147,7 @@ class NeRF(nn.Module):
   def density_and_albedo(self, x) -> Tuple[jax.Array, jax.Array]:
     """Density tau >= 0 [...] and albedo rho in [0, 1] [..., 3]."""
     raw, albedo = self.raw_density_and_albedo(x)
-    return numerics.safe_exp(raw), albedo
+    return self.activate(raw), albedo
 
   def background(self, directions):
     """Background colour [..., 3] for unit view directions [..., 3]."""
@@ -135,6 +156,17 @@ class NeRF(nn.Module):
   def __call__(self, x, directions):
     """Evaluates everything once; used to initialise the parameters."""
     return self.density_and_albedo(x), self.background(directions)
+
+
+DENSITY_ACTIVATIONS = ('exp', 'softplus')
+BLOBS = ('paper', 'magic3d')
+
+
+def activate(kind: str, raw):
+  """exp (the paper's; gradients clipped in numerics) or softplus."""
+  if kind == 'softplus':
+    return jax.nn.softplus(raw)
+  return numerics.safe_exp(raw)
 
 
 def make_model(config: ml_collections.ConfigDict) -> NeRF:
@@ -163,7 +195,71 @@ def make_model(config: ml_collections.ConfigDict) -> NeRF:
                           width=c.background_width,
                           color=tuple(c.background_color))
   return NeRF(trunk=trunk, background_model=background,
-              blob_density=c.blob_density, blob_radius=c.blob_radius)
+              blob_density=c.blob_density, blob_radius=c.blob_radius,
+              blob_kind=c.blob, density_activation=c.density_activation)
+
+
+def active_levels(step, nerf_config: ml_collections.ConfigDict):
+  """Hash-grid levels in use at `step` (coarse to fine; traceable).
+
+  All nerf.hash_levels when nerf.hash_start_levels is 0; otherwise
+  hash_start_levels until hash_level_start_step, then one more every
+  hash_level_every_steps (threestudio's progressive grid).
+  """
+  c = nerf_config
+  if not c.hash_start_levels:
+    return jnp.asarray(c.hash_levels, jnp.int32)
+  added = (step - c.hash_level_start_step) // c.hash_level_every_steps + 1
+  added = jnp.where(step >= c.hash_level_start_step, added, 0)
+  return jnp.minimum(c.hash_start_levels + added, c.hash_levels).astype(
+      jnp.int32)
+
+
+def active_params(params, step, config: ml_collections.ConfigDict):
+  """`params` with the hash tables of not-yet-active levels zeroed.
+
+  Zeroed inside the loss, a level's table gives no features and receives no
+  gradient, so it stays as initialised until its level becomes active. A
+  no-op for the MLP field and for a hash grid without progression.
+  """
+  c = config.nerf
+  if c.field != 'hashgrid' or not c.hash_start_levels:
+    return params
+  mask = (jnp.arange(c.hash_levels) < active_levels(step, c)).astype(
+      jnp.float32)
+
+  def apply(path, leaf):
+    if any(getattr(k, 'key', None) == 'tables' for k in path):
+      return leaf * mask[:, None, None].astype(leaf.dtype)
+    return leaf
+  return jax.tree_util.tree_map_with_path(apply, params)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError with one sentence for an invalid `nerf` group."""
+  c = config.nerf
+  if c.density_activation not in DENSITY_ACTIVATIONS:
+    raise errors.UserError(
+        f"nerf.density_activation = '{c.density_activation}' is unknown; "
+        f"use one of {', '.join(repr(a) for a in DENSITY_ACTIVATIONS)}.")
+  if c.blob not in BLOBS:
+    raise errors.UserError(
+        f"nerf.blob = '{c.blob}' is unknown; use one of "
+        f"{', '.join(repr(b) for b in BLOBS)}.")
+  if c.blob_radius <= 0:
+    raise errors.UserError(
+        f'nerf.blob_radius = {c.blob_radius} must be positive.')
+  if not 0 <= c.hash_start_levels <= c.hash_levels:
+    raise errors.UserError(
+        f'nerf.hash_start_levels = {c.hash_start_levels} must lie in '
+        f'[0, nerf.hash_levels = {c.hash_levels}]; 0 trains every level '
+        'from the start.')
+  if c.hash_start_levels and (c.hash_level_every_steps < 1 or
+                              c.hash_level_start_step < 0):
+    raise errors.UserError(
+        f'nerf.hash_level_every_steps = {c.hash_level_every_steps} and '
+        f'nerf.hash_level_start_step = {c.hash_level_start_step} must be '
+        'at least 1 and 0 for a progressive hash grid.')
 
 
 def init_params(key, model: NeRF):
