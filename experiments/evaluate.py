@@ -12,8 +12,14 @@ CLIP R-Precision of trained runs (one workdir per caption and seed under
   python experiments/evaluate.py --mode=clip --root=/tmp/runs \
       [--captions=captions.txt] [--num_views=8] [--resolution=128]
 
-Both print a table and write JSON under --root (toy_results.json,
-clip_results.json) or to --out.
+The paper's shading ablation (albedo only / + lit / + textureless, the same
+recipe otherwise), trained and scored like the toy table:
+
+  python experiments/evaluate.py --mode=ablation --root=/tmp/ablation \
+      [--prompts=...] [--seeds=0,1,2]
+
+All print a table and write JSON under --root (toy_results.json,
+ablation_results.json, clip_results.json) or to --out.
 """
 
 import os
@@ -28,7 +34,8 @@ from ml_collections import config_flags
 
 from dreamfusion_jax import launch
 
-_MODE = flags.DEFINE_enum('mode', 'toy', ['toy', 'clip'], 'What to score.')
+_MODE = flags.DEFINE_enum('mode', 'toy', ['toy', 'ablation', 'clip'],
+                          'What to score.')
 _ROOT = flags.DEFINE_string('root', None, 'Folder of the runs.')
 _OUT = flags.DEFINE_string('out', None, 'Results JSON (default under root).')
 # --mode=toy
@@ -59,20 +66,26 @@ def main(argv):
   from dreamfusion_jax import errors
   from dreamfusion_jax import files
   from dreamfusion_jax import runs
+  from dreamfusion_jax.evaluation import ablation
   from dreamfusion_jax.evaluation import clip_r_precision
   from dreamfusion_jax.evaluation import toy_sweep
   # pylint: enable=g-import-not-at-top
-  if _MODE.value == 'toy':
+  if _MODE.value in ('toy', 'ablation'):
     try:
       seeds = [int(s) for s in _SEEDS.value]
     except ValueError:
       raise errors.UserError(
           f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. 0,1,2.'
       ) from None
-    results = toy_sweep.toy_evaluate(
-        _CONFIG.value, _ROOT.value, _PROMPTS.value or toy_sweep.TOY_PROMPTS,
-        seeds, _THRESHOLD.value, _EXPORT.value)
-    print(toy_sweep.format_toy_table(results))
+    prompts = _PROMPTS.value or toy_sweep.TOY_PROMPTS
+    if _MODE.value == 'ablation':
+      results = ablation.shading_ablation(_CONFIG.value, _ROOT.value, prompts,
+                                          seeds, _THRESHOLD.value)
+      print(ablation.format_ablation_table(results))
+    else:
+      results = toy_sweep.toy_evaluate(_CONFIG.value, _ROOT.value, prompts,
+                                       seeds, _THRESHOLD.value, _EXPORT.value)
+      print(toy_sweep.format_toy_table(results))
     if _OUT.value:
       files.write_json(_OUT.value, results)
   else:

@@ -31,7 +31,7 @@ signal about shape only, as they do from Stable Diffusion.
 
 import logging
 import time
-from typing import Tuple
+from typing import Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +56,8 @@ _CHUNK = 100
 # and the rounds tried before giving up on a view the ranges never produce.
 _DRAWS_PER_ROUND = 16
 _MAX_ROUNDS = 8
+# Elevation above which a camera's view is 'overhead' (prior.view_index).
+_OVERHEAD_ELEVATION = 60.0
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -98,6 +100,30 @@ _sample_cameras = jax.jit(cameras_lib.sample_cameras, static_argnums=(1, 2))
 _view_index = jax.jit(prior_lib.view_index)
 
 
+def _cameras_by_view(key, camera_config: ml_collections.ConfigDict,
+                     per_view: int, wanted: Sequence[int]):
+  """Rounds of `cameras.sample_cameras`, keeping `per_view` of each view.
+
+  Returns the kept Cameras ([len(wanted) * per_view], in `wanted` order),
+  or the list of views it could not fill.
+  """
+  draws = _DRAWS_PER_ROUND * per_view
+  frozen = ml_collections.FrozenConfigDict(camera_config)
+  rounds, kept = [], {v: [] for v in wanted}
+  for r in range(_MAX_ROUNDS):
+    cams = _sample_cameras(jax.random.fold_in(key, r), frozen, draws)
+    views = np.asarray(_view_index(cams.azimuth, cams.elevation))
+    rounds.append(cams)
+    for v in wanted:
+      need = per_view - len(kept[v])
+      kept[v].extend((r * draws + np.flatnonzero(views == v)[:need]).tolist())
+    if all(len(k) == per_view for k in kept.values()):
+      index = np.concatenate([np.asarray(kept[v], np.int32) for v in wanted])
+      all_cams = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rounds)
+      return jax.tree.map(lambda x: x[index], all_cams)
+  return [v for v in wanted if len(kept[v]) < per_view]
+
+
 def sample_view_cameras(key, camera_config: ml_collections.ConfigDict,
                         per_view: int) -> Tuple[cameras_lib.Cameras,
                                                 np.ndarray]:
@@ -106,6 +132,12 @@ def sample_view_cameras(key, camera_config: ml_collections.ConfigDict,
   Draws rounds of cameras with cameras.sample_cameras and keeps, for each
   view v, the first `per_view` cameras with view_index(azimuth, elevation) =
   v. Deterministic given `key`.
+
+  When camera.elevation_range ends at or below the overhead view's 60
+  degrees (as the Stable Diffusion recipe's 45 does), training never asks
+  for an overhead view, but photographs from above still exist: that view's
+  images are taken between 60 and 90 degrees, and serve the unconditional
+  set.
 
   Args:
     key: PRNG key.
@@ -119,31 +151,28 @@ def sample_view_cameras(key, camera_config: ml_collections.ConfigDict,
   Raises:
     UserError: when the camera ranges (almost) never produce some view.
   """
-  draws = _DRAWS_PER_ROUND * per_view
-  frozen = ml_collections.FrozenConfigDict(camera_config)
-  rounds, kept = [], [[] for _ in range(NUM_VIEWS)]
-  for r in range(_MAX_ROUNDS):
-    cams = _sample_cameras(jax.random.fold_in(key, r), frozen, draws)
-    views = np.asarray(_view_index(cams.azimuth, cams.elevation))
-    rounds.append(cams)
-    for v in range(NUM_VIEWS):
-      need = per_view - len(kept[v])
-      kept[v].extend((r * draws + np.flatnonzero(views == v)[:need]).tolist())
-    if all(len(k) == per_view for k in kept):
-      break
-  else:
-    short = [prior_lib.VIEWS[v] for v in range(NUM_VIEWS)
-             if len(kept[v]) < per_view]
-    raise errors.UserError(
-        f'the camera ranges (camera.elevation_range = '
-        f'{tuple(camera_config.elevation_range)}, camera.azimuth_range = '
-        f'{tuple(camera_config.azimuth_range)}) rarely or never give '
-        f'{" or ".join(short)} views, which the toy prior needs '
-        f'{per_view} images of; widen the ranges or lower '
-        'toy.images_per_view.')
-  index = np.concatenate([np.asarray(k, np.int32) for k in kept])
-  all_cams = jax.tree.map(lambda *xs: jnp.concatenate(xs), *rounds)
-  selected = jax.tree.map(lambda x: x[index], all_cams)
+  overhead = prior_lib.VIEWS.index('overhead')
+  low, high = camera_config.elevation_range
+  parts = [(camera_config, list(range(NUM_VIEWS)))]
+  if high <= _OVERHEAD_ELEVATION:
+    above = ml_collections.ConfigDict(camera_config)
+    above.elevation_range = (_OVERHEAD_ELEVATION + 1.0, 90.0)
+    parts = [(camera_config, [v for v in range(NUM_VIEWS) if v != overhead]),
+             (above, [overhead])]
+  found = []
+  for i, (config, wanted) in enumerate(parts):
+    cams = _cameras_by_view(jax.random.fold_in(key, 1000 * i), config,
+                            per_view, wanted)
+    if isinstance(cams, list):
+      short = [prior_lib.VIEWS[v] for v in cams]
+      raise errors.UserError(
+          f'the camera ranges (camera.elevation_range = {(low, high)}, '
+          f'camera.azimuth_range = {tuple(camera_config.azimuth_range)}) '
+          f'rarely or never give {" or ".join(short)} views, which the toy '
+          f'prior needs {per_view} images of; widen the ranges or lower '
+          'toy.images_per_view.')
+    found.append(cams)
+  selected = jax.tree.map(lambda *xs: jnp.concatenate(xs), *found)
   views = np.repeat(np.arange(NUM_VIEWS, dtype=np.int32), per_view)
   return selected, views
 
