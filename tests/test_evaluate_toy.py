@@ -218,10 +218,10 @@ class _NoseNotOnTheFront(AssertionError):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=_NoseNotOnTheFront, reason=(
-    'Out of reach at 32x32 (README, toy world results): the nose, two '
-    'pixels wide, keeps a density near 0.01, where renders barely depend on '
-    'it; the front of the head is painted warmer instead. At 64x64 a front '
-    'nose reached density 2 in 2000 steps, not yet 5.'))
+    'Out of reach at 32x32 with the first nose (README, toy world '
+    'results): two pixels wide, it kept a density near 0.01, where renders '
+    'barely depend on it. The nose is now 3x5 pixels; re-measure before '
+    'dropping this mark.'))
 def test_snowman_has_its_nose_on_the_front(tmp_path):
   """The Janus target: nose on the front in at least 4 of 5 seeds (10 min)."""
   row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4')[toy_sweep.SNOWMAN]

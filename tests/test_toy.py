@@ -37,12 +37,14 @@ _INSIDE_OUTSIDE = {
         [[0.0, 0.0, 0.0], [0.29, 0.0, 0.0], [0.61, 0.0, 0.0],
          [0.45, 0.0, 0.16]]),
     'a snowman': (
-        # Body, head, and the nose up to near its tip (0.42, 0, 0.3).
+        # Body, head, and the nose up to near its apex (0.5, 0, 0.3); its
+        # radius at x is 0.1 (0.5 - x) / 0.35.
         [[0.0, 0.0, -0.2], [0.0, 0.0, -0.54], [0.0, 0.0, 0.51],
-         [0.3, 0.0, 0.3], [0.4, 0.0, 0.3], [0.23, 0.05, 0.3]],
-        # Past the tip, beside the nose, and the tip's mirror image at -x.
-        [[0.43, 0.0, 0.3], [0.35, 0.05, 0.3], [0.3, 0.0, 0.37],
-         [-0.4, 0.0, 0.3], [-0.3, 0.0, 0.3], [0.0, 0.0, 0.53]]),
+         [0.3, 0.0, 0.3], [0.48, 0.0, 0.3], [0.23, 0.07, 0.3],
+         [0.3, 0.0, 0.355]],
+        # Past the apex, beside the nose, and the apex's mirror image at -x.
+        [[0.52, 0.0, 0.3], [0.35, 0.05, 0.3], [0.3, 0.0, 0.36],
+         [-0.48, 0.0, 0.3], [-0.3, 0.0, 0.3], [0.0, 0.0, 0.53]]),
 }
 
 
@@ -85,7 +87,8 @@ def test_sdf_exact_distances():
            ('a green cone', [0.4, 0.0, 0.0], 0.175 / np.sqrt(1.25)),
            ('a yellow torus', [0.0, 0.0, 0.0], 0.3),
            ('a yellow torus', [0.45, 0.0, 0.5], 0.35),
-           ('a snowman', [0.5, 0.0, 0.3], 0.08),
+           # On the nose's axis beyond its apex (0.5, 0, 0.3).
+           ('a snowman', [0.6, 0.0, 0.3], 0.1),
            ('a snowman', [0.0, 0.0, 0.7], 0.18)]
   for name, point, want in cases:
     got = float(objects.sdf(name, jnp.array(point)))
