@@ -12,8 +12,14 @@ CLIP R-Precision of trained runs (one workdir per caption and seed under
   python experiments/evaluate.py --mode=clip --root=/tmp/runs \
       [--captions=captions.txt] [--num_views=8] [--resolution=128]
 
-Both print a table and write JSON under --root (toy_results.json,
-clip_results.json) or to --out.
+The Janus table (the snowman, per guidance fix and prior bias: the exact
+prior and configs/toy_biased.py's levels):
+
+  python experiments/evaluate.py --mode=janus --root=/tmp/janus \
+      [--seeds=0,1,2,3,4] [--methods=...] [--priors=exact,moderate,strong]
+
+All print a table and write JSON under --root (toy_results.json,
+clip_results.json, janus_results.json) or to --out.
 """
 
 import os
@@ -28,7 +34,8 @@ from ml_collections import config_flags
 
 from dreamfusion_jax import launch
 
-_MODE = flags.DEFINE_enum('mode', 'toy', ['toy', 'clip'], 'What to score.')
+_MODE = flags.DEFINE_enum('mode', 'toy', ['toy', 'clip', 'janus'],
+                          'What to score.')
 _ROOT = flags.DEFINE_string('root', None, 'Folder of the runs.')
 _OUT = flags.DEFINE_string('out', None, 'Results JSON (default under root).')
 # --mode=toy
@@ -41,6 +48,13 @@ _PROMPTS = flags.DEFINE_list(
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per prompt.')
 _THRESHOLD = flags.DEFINE_float('threshold', 5.0, 'Surface density level.')
 _EXPORT = flags.DEFINE_bool('export', False, 'Export runs that finish.')
+# --mode=janus (also --config, --seeds, --threshold)
+_METHODS = flags.DEFINE_list('methods', None,
+                             'Janus methods (default: all five: no_views, '
+                             'paper, negative, interpolation, perp_neg).')
+_PRIORS = flags.DEFINE_list(
+    'priors', ['exact', 'moderate', 'strong'],
+    'Prior settings: exact and/or levels of configs/toy_biased.py.')
 # --mode=clip
 _CAPTIONS = flags.DEFINE_string(
     'captions', None, 'Caption file (default: the object-centric COCO set).')
@@ -62,7 +76,22 @@ def main(argv):
   from dreamfusion_jax.evaluation import clip_r_precision
   from dreamfusion_jax.evaluation import toy_sweep
   # pylint: enable=g-import-not-at-top
-  if _MODE.value == 'toy':
+  if _MODE.value == 'janus':
+    from configs import toy_biased  # pylint: disable=g-import-not-at-top
+    from dreamfusion_jax.evaluation import janus  # pylint: disable=g-import-not-at-top
+    levels = {'exact': janus.EXACT, **toy_biased.LEVELS}
+    unknown = [p for p in _PRIORS.value if p not in levels]
+    if unknown:
+      raise errors.UserError(f'--priors={",".join(unknown)} is unknown; use '
+                             f'{", ".join(levels)}.')
+    results = janus.janus_evaluate(
+        _CONFIG.value, _ROOT.value, {p: levels[p] for p in _PRIORS.value},
+        _METHODS.value or list(janus.METHODS),
+        [int(s) for s in _SEEDS.value], _THRESHOLD.value)
+    print(janus.format_janus_table(results))
+    if _OUT.value:
+      files.write_json(_OUT.value, results)
+  elif _MODE.value == 'toy':
     try:
       seeds = [int(s) for s in _SEEDS.value]
     except ValueError:
