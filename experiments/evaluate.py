@@ -77,8 +77,10 @@ def main(argv):
   from dreamfusion_jax.evaluation import toy_sweep
   # pylint: enable=g-import-not-at-top
   if _MODE.value == 'janus':
-    from configs import toy_biased  # pylint: disable=g-import-not-at-top
-    from dreamfusion_jax.evaluation import janus  # pylint: disable=g-import-not-at-top
+    # pylint: disable=g-import-not-at-top
+    from configs import toy_biased
+    from dreamfusion_jax.evaluation import janus
+    # pylint: enable=g-import-not-at-top
     levels = {'exact': janus.EXACT, **toy_biased.LEVELS}
     unknown = [p for p in _PRIORS.value if p not in levels]
     if unknown:

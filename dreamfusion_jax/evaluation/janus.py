@@ -176,9 +176,9 @@ def format_janus_table(results: Dict) -> str:
       c = results['counts'][name][method]
       cells.append(' / '.join(str(c[o]) for o in OUTCOMES))
     lines.append(f'| {LABELS[method]} | ' + ' | '.join(cells) + ' |')
+  minutes = results['train_seconds'] / 60
+  per_run = minutes / max(len(results['runs']), 1)
   lines += ['', f"Wall time {results['wall_seconds'] / 60:.1f} min "
-            f"(training stored for these runs: "
-            f"{results['train_seconds'] / 60:.1f} min, "
-            f"{results['train_seconds'] / 60 / max(len(results['runs']), 1):.2f}"
-            ' min per run).']
+            f'(training stored for these runs: {minutes:.1f} min, '
+            f'{per_run:.2f} min per run).']
   return '\n'.join(lines)
