@@ -120,6 +120,19 @@ def get_config() -> ml_collections.ConfigDict:
   guidance.t_max_end = ml_collections.config_dict.placeholder(float)
   guidance.weighting = 'sigma2'  # 'sigma2' (paper), 'uniform', 'snr_sqrt'..
   guidance.view_prompts = True  # Append ', front view' etc. to the prompt.
+  # Janus fixes (guidance/views.py), off in the paper's recipe. Guide away
+  # from '<prompt>, back view' (front), '..., front view, back view' (side)
+  # and '..., front view' (back) instead of the empty prompt.
+  guidance.negative_view_prompts = False
+  guidance.view_interpolation = False  # Mix front/side/back by azimuth.
+  # Perp-Neg: interpolated views and the perpendicular parts of negative
+  # views (4 UNet passes per view instead of 2); its weights are
+  # -(a exp(-b r) + c) per (a, b, c) below (threestudio's values).
+  guidance.perp_neg = False
+  guidance.perp_neg_f_sb = (1.0, 0.5, -0.606)  # Side negative, side-back.
+  guidance.perp_neg_f_fsb = (1.0, 0.5, 0.967)  # Front negative, side-back.
+  guidance.perp_neg_f_fs = (4.0, 0.5, -2.426)  # Front negative, front-side.
+  guidance.perp_neg_f_sf = (4.0, 0.5, -2.426)  # Side negative, front-side.
 
   # The offline toy world (guidance.model = 'toy').
   config.toy = toy = ml_collections.ConfigDict()
@@ -130,6 +143,11 @@ def get_config() -> ml_collections.ConfigDict:
   toy.num_timesteps = 1000  # Discrete diffusion steps of the toy schedule.
   toy.beta_start = 0.00085  # Scaled-linear schedule, as Stable Diffusion's.
   toy.beta_end = 0.012  # Scaled-linear schedule end.
+  # Shares of front, side, back, overhead images of a prompt when no view is
+  # asked (and in the unconditional set); equal shares: the exact prior.
+  toy.view_frequencies = (0.25, 0.25, 0.25, 0.25)
+  # P('<prompt>, <view> view' shows that view; else one drawn as above).
+  toy.view_adherence = 1.0
 
   # Regularisers (paper 3.1, A.2).
   config.loss = loss = ml_collections.ConfigDict()

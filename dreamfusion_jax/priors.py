@@ -26,7 +26,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def load_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
   """The prior named by config.guidance.model, with its text embeddings.
 
-  Embeddings of the view prompts and of config.negative_prompt (the empty
+  Embeddings of the view prompts, of each view's negative view prompt
+  (guidance.negative_view_prompts) and of config.negative_prompt (the empty
   prompt when unset) are computed here, once; the text encoder is dropped.
   """
   if config.guidance.model == 'toy':
@@ -39,6 +40,8 @@ def load_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
       config.guidance.model,
       guidance.view_prompts(config.prompt, config.guidance.view_prompts),
       config.negative_prompt,
+      negative_view_prompts=guidance.negative_view_prompts(
+          config.prompt, config.negative_prompt),
       revision=config.guidance.revision,
       dtype=config.guidance.dtype,
       allow_pickle=config.guidance.allow_pickle)

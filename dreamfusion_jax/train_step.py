@@ -33,6 +33,7 @@ import optax
 
 from dreamfusion_jax import cameras
 from dreamfusion_jax import errors
+from dreamfusion_jax import guidance
 from dreamfusion_jax import losses
 from dreamfusion_jax import numerics
 from dreamfusion_jax import occupancy
@@ -196,7 +197,10 @@ def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
     loss, aux = sds.sds_loss(prior, image[None], azimuth[None],
                              elevation[None], key, scale=g.scale,
                              t_min=g.t_min, t_max=t_max,
-                             weighting=g.weighting)
+                             weighting=g.weighting,
+                             negative_view_prompts=g.negative_view_prompts,
+                             view_interpolation=g.view_interpolation,
+                             perp_neg=guidance.perp_neg_weights(g))
     return loss[0], jax.tree.map(lambda a: a[0], aux)
 
   sds_loss, aux = jax.vmap(one_view)(out['rgb'], cams.azimuth,

@@ -8,6 +8,8 @@ Stable Diffusion v1.5 shape (random weights from its configs), prints:
   - the VAE encoder forward + backward (the render's gradient path);
   - sds_loss value_and_grad with respect to the renders, and its overhead
     over the UNet forward (noise, encoder, CFG, surrogate);
+  - the same step with Perp-Neg (4 UNet passes per view instead of 2), timed
+    alternately with the plain one;
   - compile time of each.
 
 The full model is only sized by default: one forward of its UNet takes about
@@ -34,6 +36,7 @@ import numpy as np
 
 from dreamfusion_jax.guidance import sds
 from dreamfusion_jax.guidance import stable_diffusion
+from dreamfusion_jax.guidance import views
 import diffusers  # pylint: disable=g-bad-import-order  (after guidance)
 
 _BATCH = flags.DEFINE_integer('batch', 1, 'Views B per step (UNet sees 2B).')
@@ -108,6 +111,10 @@ def _timed(name, fn, *args):
   return compile_s, run_s
 
 
+def num_params(params) -> int:
+  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+
 def _sizes(name, unet, vae, dtype):
   unet_shapes = jax.eval_shape(unet.init_weights, jax.random.PRNGKey(0))
   vae_shapes = jax.eval_shape(vae.init_weights, jax.random.PRNGKey(0))
@@ -117,7 +124,7 @@ def _sizes(name, unet, vae, dtype):
         f'devices {jax.devices()}')
   for part, shapes in (('UNet', unet_shapes), ('VAE (all)', vae_shapes),
                        ('VAE encoder (kept)', encoder)):
-    count = stable_diffusion.num_params(shapes)
+    count = num_params(shapes)
     print(f'  {part:<20} {count / 1e6:9.2f} M params  '
           f'{count * size / 2**20:9.1f} MiB in {jnp.dtype(dtype).name}')
   return unet_shapes, vae_shapes
@@ -157,18 +164,35 @@ def benchmark(name, configs, dtype, time_it=True):
   _timed(f'VAE encode fwd+bwd, {_RENDER.value}px->'
          f'{vae.sample_size}px', encode_fwd_bwd, prior.params, images)
 
-  def step(prior, images, key):
-    def total(images):
-      loss, aux = sds.sds_loss(prior, images, azimuth, elevation, key,
-                               scale=100.0, t_min=0.02, t_max=0.98,
-                               weighting='sigma2')
-      return jnp.sum(loss), aux
-    return jax.value_and_grad(total, has_aux=True)(images)
+  def make_step(**fix):
+    def step(prior, images, key):
+      def total(images):
+        loss, aux = sds.sds_loss(prior, images, azimuth, elevation, key,
+                                 scale=100.0, t_min=0.02, t_max=0.98,
+                                 weighting='sigma2', **fix)
+        return jnp.sum(loss), aux
+      return jax.value_and_grad(total, has_aux=True)(images)
+    return step
 
-  _, sds_s = _timed('sds_loss value_and_grad (images)', step, prior, images,
-                    key)
+  _, sds_s = _timed('sds_loss value_and_grad (images)', make_step(), prior,
+                    images, key)
   print(f'  {"SDS overhead over the UNet forward":<34} '
         f'{(sds_s - unet_s) * 1e3:9.2f} ms')
+  # The Janus fixes: Perp-Neg's four UNet passes per view against two,
+  # timed alternately so that both see the same machine load.
+  plain = jax.jit(make_step()).lower(prior, images, key).compile()
+  perp = jax.jit(make_step(perp_neg=views.PERP_NEG_DEFAULTS)).lower(
+      prior, images, key).compile()
+  times = {'plain': [], 'perp_neg': []}
+  for _ in range(_REPEATS.value + 1):  # The first round warms up.
+    for name, fn in (('plain', plain), ('perp_neg', perp)):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(prior, images, key))
+      times[name].append(time.perf_counter() - start)
+  plain_s, perp_s = (statistics.median(times[n][1:]) for n in times)
+  print(f'  {"SDS step, plain CFG (2B passes)":<34} {plain_s * 1e3:9.2f} ms')
+  print(f'  {"SDS step, Perp-Neg (4B passes)":<34} {perp_s * 1e3:9.2f} ms'
+        f'   ({perp_s / plain_s:.2f}x)')
 
 
 def main(argv):

@@ -18,8 +18,14 @@ recipe otherwise), trained and scored like the toy table:
   python experiments/evaluate.py --mode=ablation --root=/tmp/ablation \
       [--prompts=...] [--seeds=0,1,2]
 
+The Janus table (the snowman, per guidance fix and prior bias: the exact
+prior and configs/toy_biased.py's levels):
+
+  python experiments/evaluate.py --mode=janus --root=/tmp/janus \
+      [--seeds=0,1,2,3,4] [--methods=...] [--priors=exact,moderate,strong]
+
 All print a table and write JSON under --root (toy_results.json,
-ablation_results.json, clip_results.json) or to --out.
+ablation_results.json, janus_results.json, clip_results.json) or to --out.
 """
 
 import os
@@ -34,7 +40,8 @@ from ml_collections import config_flags
 
 from dreamfusion_jax import launch
 
-_MODE = flags.DEFINE_enum('mode', 'toy', ['toy', 'ablation', 'clip'],
+_MODE = flags.DEFINE_enum('mode', 'toy',
+                          ['toy', 'ablation', 'janus', 'clip'],
                           'What to score.')
 _ROOT = flags.DEFINE_string('root', None, 'Folder of the runs.')
 _OUT = flags.DEFINE_string('out', None, 'Results JSON (default under root).')
@@ -48,6 +55,13 @@ _PROMPTS = flags.DEFINE_list(
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds per prompt.')
 _THRESHOLD = flags.DEFINE_float('threshold', 5.0, 'Surface density level.')
 _EXPORT = flags.DEFINE_bool('export', False, 'Export runs that finish.')
+# --mode=janus (also --config, --seeds, --threshold)
+_METHODS = flags.DEFINE_list('methods', None,
+                             'Janus methods (default: all five: no_views, '
+                             'paper, negative, interpolation, perp_neg).')
+_PRIORS = flags.DEFINE_list(
+    'priors', ['exact', 'moderate', 'strong'],
+    'Prior settings: exact and/or levels of configs/toy_biased.py.')
 # --mode=clip
 _CAPTIONS = flags.DEFINE_string(
     'captions', None, 'Caption file (default: the object-centric COCO set).')
@@ -70,7 +84,8 @@ def main(argv):
   from dreamfusion_jax.evaluation import clip_r_precision
   from dreamfusion_jax.evaluation import toy_sweep
   # pylint: enable=g-import-not-at-top
-  if _MODE.value in ('toy', 'ablation'):
+_MODE = flags.DEFINE_enum('mode', 'toy',
+                          ['toy', 'ablation', 'janus', 'clip'],
     try:
       seeds = [int(s) for s in _SEEDS.value]
     except ValueError:

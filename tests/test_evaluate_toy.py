@@ -217,13 +217,23 @@ class _NoseNotOnTheFront(AssertionError):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=_NoseNotOnTheFront, reason=(
-    'Out of reach at 32x32 (README, toy world results): the nose, two '
-    'pixels wide, keeps a density near 0.01, where renders barely depend on '
-    'it; the front of the head is painted warmer instead. At 64x64 a front '
-    'nose reached density 2 in 2000 steps, not yet 5.'))
+@pytest.mark.xfail(strict=False, raises=_NoseNotOnTheFront, reason=(
+    'Measured only with the first nose (2 pixels wide), which never grew; '
+    'with the 3x5-pixel nose seed 0 grows it on the front only (README, '
+    'the Janus problem). Make this strict once five seeds are measured.'))
 def test_snowman_has_its_nose_on_the_front(tmp_path):
   """The Janus target: nose on the front in at least 4 of 5 seeds (10 min)."""
   row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4')[toy_sweep.SNOWMAN]
   if not (row['nose_front'] >= 4 and row['nose_back'] <= 1):
     raise _NoseNotOnTheFront(row)
+
+
+@pytest.mark.slow
+def test_one_snowman_grows_its_nose_on_the_front(tmp_path):
+  """configs/toy.py, seed 0: the nose on the front only (about 2 minutes).
+
+  Slow: the nose appears only late in the toy recipe's 1000 steps (at
+  density > 5), so no run short enough for the default suite shows it.
+  """
+  row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0')[toy_sweep.SNOWMAN]
+  assert row['nose_front'] == 1 and row['nose_back'] == 0, row

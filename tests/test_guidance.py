@@ -28,6 +28,7 @@ from dreamfusion_jax.guidance import prior as prior_lib
 from dreamfusion_jax.guidance import quiet
 from dreamfusion_jax.guidance import sds
 from dreamfusion_jax.guidance import stable_diffusion
+from dreamfusion_jax.guidance import views
 import tiny_models  # tests/ is on sys.path under pytest.
 # After tiny_models, which silences the Flax deprecation notices.
 import diffusers  # pylint: disable=g-bad-import-order
@@ -204,6 +205,38 @@ def test_view_embeddings_are_the_view_prompts_in_views_order(models,
   prior = loaded_priors['flax']
   np.testing.assert_allclose(prior.view_embeddings, want[:4], atol=1e-6)
   np.testing.assert_allclose(prior.uncond_embedding, want[4], atol=1e-6)
+
+
+def test_negative_view_embeddings_and_perp_neg(models, loaded_priors):
+  folders, _ = models
+  prior = loaded_priors['flax']
+  want = stable_diffusion.encode_prompts(
+      folders['flax'], guidance.negative_view_prompts('a red cube', ''))
+  np.testing.assert_allclose(prior.negative_view_embeddings, want, atol=1e-6)
+
+  @_jit
+  def grads(prior, images, azimuth, elevation, key):
+    def run(**fix):
+      return jax.grad(lambda im: jnp.sum(sds.sds_loss(
+          prior, im, azimuth, elevation, key, scale=100.0, t_min=0.02,
+          t_max=0.98, weighting='sigma2', **fix)[0]))(images)
+    return (run(), run(perp_neg=((0.0, 0.0, 0.0),) * 4),
+            run(perp_neg=views.PERP_NEG_DEFAULTS),
+            run(negative_view_prompts=True))
+
+  images = jax.random.uniform(jax.random.key(0), (2, 32, 32, 3))
+  plain, zero, perp, negative = grads(prior, images, *_cameras())
+  # At azimuth 0 and overhead the interpolated embedding is the nearest
+  # one: Perp-Neg without negatives is the paper's guidance.
+  np.testing.assert_allclose(zero, plain, rtol=1e-4, atol=1e-6)
+  assert np.all(np.isfinite(perp))
+  # The front camera has a side negative of weight -1.57; overhead none.
+  assert not np.allclose(perp[0], plain[0], rtol=1e-3)
+  np.testing.assert_allclose(perp[1], plain[1], rtol=1e-4, atol=1e-6)
+  # Negative view prompts: the front against '..., back view'; overhead
+  # keeps the empty prompt.
+  assert not np.allclose(negative[0], plain[0], rtol=1e-3)
+  np.testing.assert_allclose(negative[1], plain[1], rtol=1e-4, atol=1e-6)
 
 
 def test_encode_and_predict_noise_call_the_networks_as_diffusers_does(

@@ -26,6 +26,7 @@ FLOORS = {
     'render': 2, 'guidance': 2, 'guidance.prior': 2, 'guidance.sds': 2,
     'guidance.hub': 2, 'guidance.quiet': 2, 'guidance.stable_diffusion': 2,
     'guidance.weight_files': 2,
+    'guidance.views': 2,
     # 2.5: the toy world, which implements the prior interface.
     'toy': 2.5, 'toy.objects': 2.5, 'toy.raytrace': 2.5,
     'toy.exact_prior': 2.5, 'toy.metrics': 2.5,
@@ -39,6 +40,7 @@ FLOORS = {
     'evaluation': 5, 'evaluation.clip_model': 5,
     'evaluation.clip_r_precision': 5, 'evaluation.toy_sweep': 5,
     'evaluation.ablation': 5,
+    'evaluation.janus': 5,
 }
 
 MAX_LINES = 500

@@ -3,6 +3,8 @@
 Run: python -m pytest -q tests/test_toy.py
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,12 +39,14 @@ _INSIDE_OUTSIDE = {
         [[0.0, 0.0, 0.0], [0.29, 0.0, 0.0], [0.61, 0.0, 0.0],
          [0.45, 0.0, 0.16]]),
     'a snowman': (
-        # Body, head, and the nose up to near its tip (0.42, 0, 0.3).
+        # Body, head, and the nose up to near its apex (0.5, 0, 0.3); its
+        # radius at x is 0.1 (0.5 - x) / 0.35.
         [[0.0, 0.0, -0.2], [0.0, 0.0, -0.54], [0.0, 0.0, 0.51],
-         [0.3, 0.0, 0.3], [0.4, 0.0, 0.3], [0.23, 0.05, 0.3]],
-        # Past the tip, beside the nose, and the tip's mirror image at -x.
-        [[0.43, 0.0, 0.3], [0.35, 0.05, 0.3], [0.3, 0.0, 0.37],
-         [-0.4, 0.0, 0.3], [-0.3, 0.0, 0.3], [0.0, 0.0, 0.53]]),
+         [0.3, 0.0, 0.3], [0.48, 0.0, 0.3], [0.23, 0.07, 0.3],
+         [0.3, 0.0, 0.355]],
+        # Past the apex, beside the nose, and the apex's mirror image at -x.
+        [[0.52, 0.0, 0.3], [0.35, 0.05, 0.3], [0.3, 0.0, 0.36],
+         [-0.48, 0.0, 0.3], [-0.3, 0.0, 0.3], [0.0, 0.0, 0.53]]),
 }
 
 
@@ -85,7 +89,8 @@ def test_sdf_exact_distances():
            ('a green cone', [0.4, 0.0, 0.0], 0.175 / np.sqrt(1.25)),
            ('a yellow torus', [0.0, 0.0, 0.0], 0.3),
            ('a yellow torus', [0.45, 0.0, 0.5], 0.35),
-           ('a snowman', [0.5, 0.0, 0.3], 0.08),
+           # On the nose's axis beyond its apex (0.5, 0, 0.3).
+           ('a snowman', [0.6, 0.0, 0.3], 0.1),
            ('a snowman', [0.0, 0.0, 0.7], 0.18)]
   for name, point, want in cases:
     got = float(objects.sdf(name, jnp.array(point)))
@@ -405,6 +410,48 @@ def test_one_hot_embedding_only_weighs_its_group(toy):
   np.testing.assert_allclose(x0[1], images[nearest[1]], atol=1e-3)
 
 
+def test_biased_embeddings():
+  """Stable Diffusion's bias as group weights: mostly fronts, views ignored.
+
+  '<prompt>, <view> view' gives the view with probability a and otherwise
+  a view drawn from the frequencies f: a onehot(view) + (1 - a) f.
+  """
+  config = _toy_config()
+  f = np.array([0.7, 0.2, 0.05, 0.05])
+  config.toy.view_frequencies = tuple(f)
+  config.toy.view_adherence = 0.3
+  exact_prior.validate(config)
+  view_emb, uncond, negative = exact_prior.embeddings(config)
+  snowman = slice(16, 20)
+  np.testing.assert_allclose(view_emb[2, snowman], [0.49, 0.14, 0.335, 0.035],
+                             atol=1e-6)
+  np.testing.assert_allclose(view_emb[:, snowman], 0.3 * np.eye(4) + 0.7 * f,
+                             atol=1e-6)
+  np.testing.assert_array_equal(np.delete(view_emb, np.s_[16:20], 1), 0.0)
+  # The unconditional set: every prompt, each with the frequencies.
+  np.testing.assert_allclose(uncond.reshape(5, 4), np.tile(f, (5, 1)) / 5,
+                             atol=1e-7)
+  # A back camera's negative is the (biased) front prompt.
+  np.testing.assert_allclose(negative[2], view_emb[0])
+  config.guidance.view_prompts = False
+  view_emb, _, _ = exact_prior.embeddings(config)
+  np.testing.assert_allclose(view_emb[:, snowman], np.tile(f, (4, 1)),
+                             atol=1e-7)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('view_frequencies', (0.3, 0.3, 0.3, 0.3)),
+    ('view_frequencies', (0.6, 0.6, -0.1, -0.1)),
+    ('view_frequencies', (0.5, 0.5)),
+    ('view_adherence', 1.5),
+    ('view_adherence', -0.1)])
+def test_bad_bias_is_one_sentence(field, value):
+  config = _toy_config()
+  config.toy[field] = value
+  with pytest.raises(errors.UserError, match=f'toy.{field}'):
+    exact_prior.validate(config)
+
+
 def test_predict_noise_finite_over_all_timesteps(toy):
   _, prior = toy
   t = jnp.array([0, 1, 500, 998, 999], jnp.int32)
@@ -417,19 +464,25 @@ def test_predict_noise_finite_over_all_timesteps(toy):
 
 def test_embeddings_views_negative_prompt_and_errors():
   config = _toy_config()
-  view_emb, uncond = exact_prior.embeddings(config)
+  view_emb, uncond, negative = exact_prior.embeddings(config)
   snowman = objects.prompt_index('a snowman')
-  np.testing.assert_array_equal(
-      np.argmax(view_emb, 1), [exact_prior.group_index(snowman, v)
-                               for v in range(4)])
-  np.testing.assert_array_equal(view_emb.sum(1), 1.0)
-  np.testing.assert_array_equal(uncond, 1.0)
+  group = functools.partial(exact_prior.group_index, snowman)
+  # The exact prior: one-hot view prompts, a uniform unconditional set.
+  np.testing.assert_array_equal(view_emb, np.eye(20)[[group(v)
+                                                      for v in range(4)]])
+  np.testing.assert_allclose(uncond, 1.0 / 20)
+  # Negative views: the back for the front, front and back for the side,
+  # the front for the back; the unconditional set for overhead.
+  np.testing.assert_allclose(negative[0], view_emb[2])
+  np.testing.assert_allclose(negative[1], 0.5 * (view_emb[0] + view_emb[2]))
+  np.testing.assert_allclose(negative[2], view_emb[0])
+  np.testing.assert_allclose(negative[3], uncond)
 
   config.guidance.view_prompts = False
   config.negative_prompt = 'a red cube'
-  view_emb, uncond = exact_prior.embeddings(config)
+  view_emb, uncond, _ = exact_prior.embeddings(config)
   want = np.zeros(20)
-  want[16:20] = 1.0
+  want[16:20] = 0.25
   np.testing.assert_array_equal(view_emb, [want] * 4)
   np.testing.assert_array_equal(np.nonzero(uncond)[0], [0, 1, 2, 3])
 

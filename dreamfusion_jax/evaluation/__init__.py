@@ -5,4 +5,6 @@
   clip_model        CLIP image and text embeddings (transformers' Flax CLIP)
   toy_sweep         the toy world's table: trains or reuses one run per
                     (prompt, seed) and scores it against the true object
+  janus             the Janus table: where the snowman's nose grows, per
+                    guidance fix and prior bias
 """

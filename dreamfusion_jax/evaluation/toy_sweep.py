@@ -48,7 +48,7 @@ def _read_json(path: str) -> Dict:
     return json.load(f)
 
 
-def _train_or_reuse(config: ml_collections.ConfigDict, workdir: str,
+def train_or_reuse(config: ml_collections.ConfigDict, workdir: str,
                     export: bool) -> Dict:
   """Trains the run in `workdir` unless it is complete; returns its timing.
 
@@ -168,7 +168,7 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
       run_config.seed = int(seed)
       run_config.export.at_end = bool(export)
       workdir = toy_workdir(root, prompt, seed)
-      timing = _train_or_reuse(run_config, workdir, export)
+      timing = train_or_reuse(run_config, workdir, export)
       scores = score_toy_run(workdir, prompt, threshold)
       runs.append({'prompt': prompt, 'seed': int(seed), 'workdir': workdir,
                    **timing, **scores})

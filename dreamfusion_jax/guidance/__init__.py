@@ -7,6 +7,8 @@
   prior          the `Prior` interface: frozen params, embeddings, schedule,
                  `encode` and `predict_noise`; view choice; noise schedules
   sds            the SDS surrogate loss (paper equation 3) and CFG
+  views          which embeddings guide a camera: the Janus fixes
+                 (negative view prompts, interpolated views, Perp-Neg)
   stable_diffusion  Stable Diffusion (or a pixel-space diffusers UNet) as a
                  Prior, loaded from a hub id or a diffusers-layout folder
   hub, quiet     finding weights offline; silencing deprecation chatter
@@ -24,9 +26,11 @@ import ml_collections
 from dreamfusion_jax import errors
 from dreamfusion_jax.guidance import prior
 from dreamfusion_jax.guidance import sds
+from dreamfusion_jax.guidance import views
 
 Prior = prior.Prior
 sds_loss = sds.sds_loss
+negative_view_prompts = views.negative_view_prompts
 
 
 def view_prompts(prompt: str, enabled: bool = True) -> List[str]:
@@ -58,4 +62,36 @@ def validate(guidance_config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f"guidance.weighting = '{g.weighting}' is unknown; use one of "
         f"{', '.join(repr(w) for w in sds.WEIGHTINGS)}.")
+  _validate_view_guidance(g)
   prior.check_dtype(g.dtype, jax.default_backend())
+
+
+def _validate_view_guidance(g: ml_collections.ConfigDict) -> None:
+  """The Janus fixes' keys (guidance/views.py)."""
+  fixes = [name for name in ('negative_view_prompts', 'view_interpolation',
+                             'perp_neg') if g[name]]
+  if fixes and not g.view_prompts:
+    raise errors.UserError(
+        f'guidance.{fixes[0]} needs view prompts; set '
+        'guidance.view_prompts=True or turn it off.')
+  if g.perp_neg and g.negative_view_prompts:
+    raise errors.UserError(
+        'guidance.perp_neg brings its own negative views; turn '
+        'guidance.negative_view_prompts off when it is on.')
+  for name in ('perp_neg_f_sb', 'perp_neg_f_fsb', 'perp_neg_f_fs',
+               'perp_neg_f_sf'):
+    value = g[name]
+    if len(value) != 3 or not all(isinstance(v, (int, float))
+                                  for v in value):
+      raise errors.UserError(
+          f'guidance.{name} = {value!r} must be three numbers (a, b, c) '
+          'of the negative weight -(a exp(-b r) + c).')
+
+
+def perp_neg_weights(guidance_config: ml_collections.ConfigDict):
+  """(f_sb, f_fsb, f_fs, f_sf) for sds_loss, or None when Perp-Neg is off."""
+  g = guidance_config
+  if not g.perp_neg:
+    return None
+  return tuple(tuple(float(v) for v in g[name]) for name in (
+      'perp_neg_f_sb', 'perp_neg_f_fsb', 'perp_neg_f_fs', 'perp_neg_f_sf'))

@@ -53,6 +53,11 @@ class Prior:
       models).
     predict_noise: (params, z_t [B, h, w, c], t [B] int32, embedding [B, ...])
       -> eps [B, h, w, c] float32.
+    negative_view_embeddings: [len(VIEWS), ...] per view, the embedding of
+      the prompt naming the views it must not show (`views.NEGATIVE_VIEWS`:
+      '<prompt>, back view' for the front; the negative prompt for
+      overhead), used with guidance.negative_view_prompts; None for a prior
+      built without them.
   """
 
   params: Any
@@ -61,6 +66,7 @@ class Prior:
   alphas_cumprod: jax.Array
   encode: Callable = flax.struct.field(pytree_node=False)
   predict_noise: Callable = flax.struct.field(pytree_node=False)
+  negative_view_embeddings: Optional[jax.Array] = None
 
 
 def view_index(azimuth, elevation, overhead_elevation=60.0,

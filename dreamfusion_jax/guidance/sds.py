@@ -14,16 +14,20 @@ encoder's vector-Jacobian product.
 
 The prior is any `prior.Prior` (Stable Diffusion, a pixel-space model, the
 toy world's exact denoiser): this module only calls its `encode` and
-`predict_noise` and reads its embeddings and schedule.
+`predict_noise` and reads its embeddings and schedule. Which embeddings
+guide a view (the nearest view prompt, or one of the Janus fixes: negative
+view prompts, interpolated views, Perp-Neg) is `views`' business; every
+UNet evaluation of a step goes into one batched `predict_noise` call.
 """
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from dreamfusion_jax import errors
 from dreamfusion_jax.guidance import prior as prior_lib
+from dreamfusion_jax.guidance import views as views_lib
 
 WEIGHTINGS = ('sigma2', 'uniform', 'snr_sqrt')
 
@@ -87,17 +91,78 @@ def sample_timesteps(key: jax.Array, batch: int, num_timesteps: int, t_min,
                             high.astype(jnp.int32) + 1, dtype=jnp.int32)
 
 
+def guided_noise(prior: prior_lib.Prior, params, z_t: jax.Array,
+                 t: jax.Array, azimuth: jax.Array, elevation: jax.Array, *,
+                 scale, negative_view_prompts: bool = False,
+                 view_interpolation: bool = False,
+                 perp_neg: Optional[views_lib.PerpNegWeights] = None
+                 ) -> jax.Array:
+  """eps_hat(z_t; y, t) for each camera, from one batched UNet call.
+
+  The nearest view's embedding y_v and the unconditional one (batch 2B),
+  with classifier-free guidance; or, per the Janus fixes (guidance/views):
+  y_v against the view's negative prompt (negative_view_prompts, 2B); the
+  interpolated embedding y(az) (view_interpolation, 2B); Perp-Neg with
+  y(az), the unconditional embedding and two negative views (4B).
+
+  Args:
+    prior: the prior (embeddings under stop_gradient here).
+    params: its params, already under stop_gradient.
+    z_t: [B, h, w, c] noisy inputs (no gradient).
+    t: [B] int32.
+    azimuth, elevation: [B] degrees.
+    scale: guidance scale s.
+    negative_view_prompts, view_interpolation: the fixes (static).
+    perp_neg: Perp-Neg's (f_sb, f_fsb, f_fs, f_sf), or None for off.
+
+  Returns:
+    [B, h, w, c] float32.
+  """
+  embeddings = jax.lax.stop_gradient(prior.view_embeddings)
+  uncond = jax.lax.stop_gradient(prior.uncond_embedding)
+  view = prior_lib.view_index(azimuth, elevation)
+  if perp_neg is not None or view_interpolation:
+    cond = views_lib.mix(views_lib.interpolation_weights(azimuth, elevation),
+                         embeddings)
+  else:
+    cond = embeddings[view]
+  uncond = jnp.broadcast_to(uncond, cond.shape).astype(cond.dtype)
+  if perp_neg is not None:
+    neg_views, neg_w = views_lib.perp_neg_negatives(azimuth, elevation,
+                                                    perp_neg)
+    batch = [cond, uncond, embeddings[neg_views[:, 0]].astype(cond.dtype),
+             embeddings[neg_views[:, 1]].astype(cond.dtype)]
+  elif negative_view_prompts:
+    if prior.negative_view_embeddings is None:
+      raise ValueError('This prior has no negative view embeddings.')
+    batch = [cond, jax.lax.stop_gradient(
+        prior.negative_view_embeddings)[view].astype(cond.dtype)]
+  else:
+    batch = [cond, uncond]
+  n = len(batch)
+  eps = prior.predict_noise(params, jnp.concatenate([z_t] * n),
+                            jnp.concatenate([t] * n),
+                            jnp.concatenate(batch)).astype(jnp.float32)
+  eps = jnp.split(eps, n)
+  if perp_neg is not None:
+    return views_lib.perp_neg_guidance(eps[0], eps[1], eps[2:], neg_w, scale)
+  return classifier_free_guidance(eps[0], eps[1], scale)
+
+
 def sds_loss(prior: prior_lib.Prior, images: jax.Array, azimuth: jax.Array,
              elevation: jax.Array, key: jax.Array, *, scale, t_min, t_max,
-             weighting: str) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+             weighting: str, negative_view_prompts: bool = False,
+             view_interpolation: bool = False,
+             perp_neg: Optional[views_lib.PerpNegWeights] = None
+             ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
   """The SDS surrogate loss per view (paper equation 3).
 
   loss[b] = sum(stop_gradient(w(t_b) (eps_hat_b - eps_b)) * x_b), so that
   d loss[b] / d x_b = w(t_b)(eps_hat_b - eps_b) exactly; its value has no
   meaning. The prior's params are stop_gradient-ed before use and the UNet
   sees only stop_gradient-ed inputs, so the UNet is never differentiated and
-  no gradient reaches the prior. One UNet call evaluates the conditional and
-  unconditional predictions together (batch 2B).
+  no gradient reaches the prior. One UNet call evaluates every prediction
+  eps_hat needs (`guided_noise`: batch 2B, or 4B with Perp-Neg).
 
   Args:
     prior: the frozen prior (a jit argument; its functions are static).
@@ -110,6 +175,9 @@ def sds_loss(prior: prior_lib.Prior, images: jax.Array, azimuth: jax.Array,
     t_min: lowest t as a fraction of the schedule (paper: 0.02).
     t_max: highest t as a fraction of the schedule (paper: 0.98).
     weighting: w(t), one of WEIGHTINGS (static).
+    negative_view_prompts, view_interpolation, perp_neg: the Janus fixes
+      (static; see `guided_noise` and guidance/views.py). Off by default:
+      the paper's nearest view prompt.
 
   Returns:
     loss: [B] surrogate per view.
@@ -129,15 +197,10 @@ def sds_loss(prior: prior_lib.Prior, images: jax.Array, azimuth: jax.Array,
   z_t = jnp.sqrt(abar_b) * x + jnp.sqrt(1.0 - abar_b) * eps
   z_t = jax.lax.stop_gradient(z_t)
 
-  view = prior_lib.view_index(azimuth, elevation)
-  cond = jax.lax.stop_gradient(prior.view_embeddings)[view]
-  uncond = jnp.broadcast_to(jax.lax.stop_gradient(prior.uncond_embedding),
-                            cond.shape)
-  eps_pred = prior.predict_noise(
-      params, jnp.concatenate([z_t, z_t]), jnp.concatenate([t, t]),
-      jnp.concatenate([cond, uncond]))
-  eps_cond, eps_uncond = jnp.split(eps_pred.astype(jnp.float32), 2)
-  eps_hat = classifier_free_guidance(eps_cond, eps_uncond, scale)
+  eps_hat = guided_noise(
+      prior, params, z_t, t, azimuth, elevation, scale=scale,
+      negative_view_prompts=negative_view_prompts,
+      view_interpolation=view_interpolation, perp_neg=perp_neg)
 
   w = weight(abar, weighting)
   residual = jax.lax.stop_gradient(eps_hat - eps)

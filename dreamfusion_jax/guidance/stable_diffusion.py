@@ -14,7 +14,8 @@ but without torch or a random init; a pickled PyTorch `.bin` only when the
 caller allows pickle (unpickling can run code) and torch is installed.
 
 The result is a `prior.Prior`: frozen params (UNet, VAE encoder, schedule),
-the text embeddings of the view prompts and of the negative/empty prompt, and
+the text embeddings of the view prompts, of each view's negative view prompt
+and of the negative/empty prompt, and
 two pure functions, `encode` (render -> diffusion space, differentiable) and
 `predict_noise` (one UNet call). Nothing here knows about SDS.
 """
@@ -278,8 +279,8 @@ def encode_prompts(folder: pathlib.Path, prompts: Sequence[str],
 
 def make_prior(unet, unet_params: Params, vae, vae_params: Optional[Params],
                view_embeddings, uncond_embedding, schedule: np.ndarray,
-               prediction_type: str = 'epsilon',
-               dtype=jnp.float32) -> prior_lib.Prior:
+               prediction_type: str = 'epsilon', dtype=jnp.float32,
+               negative_view_embeddings=None) -> prior_lib.Prior:
   """Wraps loaded (or randomly initialised) networks as a `Prior`.
 
   Args:
@@ -293,6 +294,7 @@ def make_prior(unet, unet_params: Params, vae, vae_params: Optional[Params],
     prediction_type: the UNet's output: 'epsilon', 'v_prediction' or
       'sample' (converted to epsilon in `predict_noise`).
     dtype: compute dtype of the networks.
+    negative_view_embeddings: [len(prior.VIEWS), tokens, width] or None.
 
   Returns:
     The prior; its `encode` and `predict_noise` are closures over the modules
@@ -355,7 +357,9 @@ def make_prior(unet, unet_params: Params, vae, vae_params: Optional[Params],
       uncond_embedding=jnp.asarray(uncond_embedding, jnp.float32),
       alphas_cumprod=jnp.asarray(schedule, jnp.float32),
       encode=encode,
-      predict_noise=predict_noise)
+      predict_noise=predict_noise,
+      negative_view_embeddings=None if negative_view_embeddings is None
+      else jnp.asarray(negative_view_embeddings, jnp.float32))
 
 
 def vae_input_size(unet, vae) -> int:
@@ -369,8 +373,8 @@ def vae_input_size(unet, vae) -> int:
 
 
 def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
-         *, revision: str = '', dtype: str = 'auto',
-         allow_pickle: bool = False) -> prior_lib.Prior:
+         *, negative_view_prompts: Sequence[str] = (), revision: str = '',
+         dtype: str = 'auto', allow_pickle: bool = False) -> prior_lib.Prior:
   """Loads a Stable Diffusion (or pixel-space) prior with its embeddings.
 
   Args:
@@ -378,6 +382,8 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
     view_prompts: one prompt per entry of `prior.VIEWS`.
     negative_prompt: the unconditional prompt of classifier-free guidance
       ('' is the empty prompt the model was trained with).
+    negative_view_prompts: one per view (guidance.negative_view_prompts's
+      texts), or () for a prior without them.
     revision: hub revision ('' = default branch).
     dtype: one of prior.DTYPES (`resolve_dtype`): the networks' compute
       dtype.
@@ -408,8 +414,9 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
         _read_pickle(path, allow_pickle, check_only=True)
 
   # Text first, so the encoder is gone before the UNet is loaded.
-  embeddings = encode_prompts(
-      folder, list(view_prompts) + [negative_prompt], allow_pickle)
+  embeddings = encode_prompts(folder, list(view_prompts) + [negative_prompt]
+                              + list(negative_view_prompts), allow_pickle)
+  views = len(prior_lib.VIEWS)
   unet, unet_params = load_unet(folder, compute_dtype, allow_pickle)
   vae = vae_params = None
   if (folder / 'vae').is_dir():
@@ -425,17 +432,9 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
         'channels; a pixel-space model takes 3.')
   return make_prior(
       unet, unet_params, vae, vae_params,
-      view_embeddings=embeddings[:-1], uncond_embedding=embeddings[-1],
+      view_embeddings=embeddings[:views], uncond_embedding=embeddings[views],
       schedule=alphas_cumprod(scheduler),
       prediction_type=scheduler.get('prediction_type', 'epsilon'),
-      dtype=compute_dtype)
-
-
-def num_params(params: Params) -> int:
-  return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
-
-
-def param_bytes(params: Params) -> int:
-  return sum(int(np.prod(p.shape)) * jnp.dtype(p.dtype).itemsize
-             for p in jax.tree.leaves(params))
+      dtype=compute_dtype, negative_view_embeddings=embeddings[views + 1:]
+      if negative_view_prompts else None)
 

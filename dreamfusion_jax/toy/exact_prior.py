@@ -11,9 +11,19 @@ exact posterior mean
 
 and the optimal noise prediction eps_hat = (z_t - a_t E[x_0 | z_t]) / s_t
 (DESIGN.md section 7). The "text embedding" is the weight vector w over the
-G = len(PROMPTS) * len(VIEWS) groups: one-hot for a prompt's view, ones on a
-prompt's four groups without view prompts, all ones for the unconditional
-model (the union of all prompts). Weight 0 excludes a group (logit -inf).
+G = len(PROMPTS) * len(VIEWS) groups, a distribution over (prompt, view)
+(each group holds the same number of images, so w_g is the probability of
+drawing from group g). Weight 0 excludes a group (logit -inf). A mixture
+of embeddings is the mixture of their image distributions, so interpolated
+view embeddings (guidance/views.py) mean what they say.
+
+The prior may be biased like Stable Diffusion's (`view_weights`): a bare
+prompt's images show its views in the shares toy.view_frequencies (photos
+mostly show the front), and '<prompt>, <view> view' shows that view with
+probability toy.view_adherence and otherwise a view drawn from those
+shares. The unconditional set is every prompt with those shares. Equal
+shares and adherence 1 (the default) give the exact prior: one-hot view
+prompts, uniform bare prompts.
 
 The image set is rendered at start-up from a fixed key, independent of
 config.seed: like a pretrained model, it is the same for every run. Cameras
@@ -42,6 +52,7 @@ from dreamfusion_jax import cameras as cameras_lib
 from dreamfusion_jax import errors
 from dreamfusion_jax import shading as shading_lib
 from dreamfusion_jax.guidance import prior as prior_lib
+from dreamfusion_jax.guidance import views as views_lib
 from dreamfusion_jax.toy import objects
 from dreamfusion_jax.toy import raytrace
 
@@ -89,6 +100,16 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f'toy.beta_start = {t.beta_start} and toy.beta_end = {t.beta_end} '
         'must satisfy 0 < beta_start < beta_end < 1.')
+  freq = t.view_frequencies
+  if (len(freq) != NUM_VIEWS or min(freq) < 0.0
+      or abs(sum(freq) - 1.0) > 1e-6):
+    raise errors.UserError(
+        f'toy.view_frequencies = {tuple(freq)} must be {NUM_VIEWS} '
+        f'non-negative shares of {", ".join(prior_lib.VIEWS)} that sum to 1.')
+  if not 0.0 <= t.view_adherence <= 1.0:
+    raise errors.UserError(
+        f'toy.view_adherence = {t.view_adherence} is a probability; use a '
+        'value in [0, 1] (1: view prompts are always obeyed).')
   if len(t.background_color) != 3 or not all(
       0.0 <= c <= 1.0 for c in t.background_color):
     raise errors.UserError(
@@ -214,35 +235,58 @@ def render_image_set(config: ml_collections.ConfigDict
   return np.concatenate(images), np.concatenate(groups).astype(np.int32)
 
 
-def prompt_weights(prompt: str) -> np.ndarray:
-  """[G] weights: ones on the four view groups of `prompt`, zeros elsewhere."""
+def view_weights(toy_config: ml_collections.ConfigDict) -> np.ndarray:
+  """[len(VIEWS) + 1, len(VIEWS)] view distributions of a prompt's images.
+
+  Row v < len(VIEWS): what '<prompt>, <view v> view' shows, adherence a
+  times view v and otherwise a view drawn from the frequencies f:
+  a onehot(v) + (1 - a) f. The last row: the bare prompt's, f. Each row
+  sums to 1.
+  """
+  f = np.asarray(toy_config.view_frequencies, np.float32)
+  a = float(toy_config.view_adherence)
+  return np.concatenate([a * np.eye(NUM_VIEWS, dtype=np.float32)
+                         + (1.0 - a) * f[None], f[None]])
+
+
+def prompt_weights(prompt: str, view_dist) -> np.ndarray:
+  """[G] weights: `view_dist` [len(VIEWS)] on `prompt`'s groups, 0 elsewhere."""
   w = np.zeros(NUM_GROUPS, np.float32)
   p = objects.prompt_index(prompt)
-  w[group_index(p, 0):group_index(p + 1, 0)] = 1.0
+  w[group_index(p, 0):group_index(p + 1, 0)] = view_dist
   return w
 
 
 def embeddings(config: ml_collections.ConfigDict
-               ) -> Tuple[np.ndarray, np.ndarray]:
-  """The toy prior's text embeddings: group weight vectors.
+               ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """The toy prior's text embeddings: group weight vectors (view_weights).
 
   Returns:
-    view_embeddings [len(VIEWS), G]: row v is one-hot on (config.prompt, v),
-    or ones on all of the prompt's views when guidance.view_prompts is False;
-    uncond_embedding [G]: all ones (the union of all prompts), or the
-    negative prompt's four groups when config.negative_prompt is set.
+    view_embeddings [len(VIEWS), G]: row v is '<config.prompt>, <view v>
+    view' (one-hot on (prompt, v) for the exact prior), or the bare prompt
+    in every row when guidance.view_prompts is False;
+    uncond_embedding [G]: every prompt with the bare prompt's shares, or
+    config.negative_prompt's groups when it is set;
+    negative_view_embeddings [len(VIEWS), G]: row v is the equal mixture of
+    the view prompts of views.NEGATIVE_VIEWS[v] ('<prompt>, front view,
+    back view' for the side), or the uncond embedding where it names none.
   """
-  p = objects.prompt_index(config.prompt)
+  dist = view_weights(config.toy)
   if config.guidance.view_prompts:
-    view_emb = np.zeros((NUM_VIEWS, NUM_GROUPS), np.float32)
-    view_emb[np.arange(NUM_VIEWS), group_index(p, np.arange(NUM_VIEWS))] = 1.0
+    view_emb = np.stack([prompt_weights(config.prompt, d) for d in dist[:-1]])
   else:
-    view_emb = np.tile(prompt_weights(config.prompt), (NUM_VIEWS, 1))
+    view_emb = np.tile(prompt_weights(config.prompt, dist[-1]),
+                       (NUM_VIEWS, 1))
   if config.negative_prompt:
-    uncond = prompt_weights(config.negative_prompt)
+    uncond = prompt_weights(config.negative_prompt, dist[-1])
   else:
-    uncond = np.ones(NUM_GROUPS, np.float32)
-  return view_emb, uncond
+    uncond = np.tile(dist[-1], len(objects.PROMPTS)) / len(objects.PROMPTS)
+  negative = np.stack([
+      np.mean([prompt_weights(config.prompt,
+                              dist[prior_lib.VIEWS.index(n)]) for n in names],
+              axis=0) if names else uncond
+      for names in views_lib.NEGATIVE_VIEWS])
+  return view_emb, uncond.astype(np.float32), negative.astype(np.float32)
 
 
 def posterior_logits(params, z_t, t, embedding):
@@ -324,19 +368,20 @@ def make_toy_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
 
   Args:
     config: the full config; reads prompt, negative_prompt,
-      guidance.view_prompts, camera, shading, render.resolution and toy.
+      guidance.view_prompts, camera, shading, render.resolution and toy
+      (view_frequencies and view_adherence set the bias).
 
   Returns:
     A prior.Prior whose params are {'images': [N, H, W, 3] in [-1, 1],
     'groups': [N] int32, 'alphas_cumprod': [T]} and whose embeddings are
-    [G] group-weight vectors.
+    [G] group-weight vectors, negative view embeddings included.
   """
   start = time.time()
   images, groups = render_image_set(config)
   logging.info('Toy prior: %d images of %dx%d rendered in %.1f s.',
                images.shape[0], images.shape[1], images.shape[2],
                time.time() - start)
-  view_emb, uncond = embeddings(config)
+  view_emb, uncond, negative = embeddings(config)
   schedule = jnp.asarray(prior_lib.noise_schedule(config.toy.num_timesteps,
                                                   config.toy.beta_start,
                                                   config.toy.beta_end))
@@ -348,4 +393,5 @@ def make_toy_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
   return prior_lib.Prior(
       params=params, view_embeddings=jnp.asarray(view_emb),
       uncond_embedding=jnp.asarray(uncond), alphas_cumprod=schedule,
-      encode=encode, predict_noise=predict_noise)
+      encode=encode, predict_noise=predict_noise,
+      negative_view_embeddings=jnp.asarray(negative))

@@ -228,12 +228,13 @@ def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
 def _nose_box(resolution: int, side: float) -> np.ndarray:
   """Cell centres of the box around the snowman's nose, mirrored by `side`.
 
-  The box spans x in [0.20, 0.44] (from just inside the head's surface to past
-  the tip at 0.42), y in [-0.08, 0.08], z in [0.22, 0.38] around the nose's
-  axis; side = -1 mirrors it to the back (x -> -x). Grid: (3 n/2, n, n).
+  The box spans x in [0.18, 0.52] (from just inside the head's surface, which
+  the nose leaves at x ~ 0.2, to past the apex at 0.5), and y, z within 0.12
+  of the nose's axis (its base radius is 0.1); side = -1 mirrors it to the
+  back (x -> -x). Grid: (3 n/2, n, n).
   """
   nx = 3 * resolution // 2
-  x0, x1 = 0.20, objects.NOSE_BASE[0] + objects.NOSE_LENGTH + 0.02
+  x0, x1 = objects.HEAD_RADIUS - 0.04, objects.NOSE_TIP[0] + 0.02
   half = objects.NOSE_RADIUS + 0.02
   xs = x0 + (np.arange(nx) + 0.5) * (x1 - x0) / nx
   ys = -half + (np.arange(resolution) + 0.5) * 2.0 * half / resolution
@@ -247,7 +248,7 @@ def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
                 orange_share: float = 0.5) -> Dict[str, object]:
   """Whether a generated snowman has its nose on the front and/or the back.
 
-  For each side (front: the true nose's box around x = +0.32, y = 0,
+  For each side (front: the true nose's box around x = +0.35, y = 0,
   z = 0.3; back: its mirror image at -x), on a grid over the box:
 
   * occupancy: the share of the grid points outside the true head (head SDF

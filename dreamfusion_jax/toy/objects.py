@@ -8,11 +8,13 @@ front of an object faces +x, everything lies inside the unit sphere.
   a green cone    apex (0, 0, 0.45), base disc of radius 0.45 at z = -0.45
   a yellow torus  in the xy-plane, major radius 0.45, minor radius 0.15
   a snowman       body: sphere at (0, 0, -0.2), r 0.35; head: sphere at
-                  (0, 0, 0.3), r 0.22 (both white); nose: an orange cone from
-                  the head's surface point (0.22, 0, 0.3) along +x, length
-                  0.2, base radius 0.06 (tip at (0.42, 0, 0.3)); its flat
-                  base touches the curved head at its centre only, leaving a
-                  ring-shaped gap at most 0.008 deep.
+                  (0, 0, 0.3), r 0.22 (both white); nose: an orange cone
+                  along +x, base centre (0.15, 0, 0.3), base radius 0.1,
+                  apex (0.5, 0, 0.3). Its base disc lies inside the head, so
+                  nose and head join without a gap; the 0.3 that sticks out
+                  is about 3 x 5 pixels at 32 x 32, large enough for the
+                  prior's images to show it (the first nose, 0.06 x 0.2, was
+                  about 2 pixels wide and no run ever grew it).
 
 Every primitive's SDF is exact (the Euclidean distance to the surface, negative
 inside); the snowman is the union min(body, head, nose), exact outside and a
@@ -50,10 +52,12 @@ BODY_CENTER = (0.0, 0.0, -0.2)
 BODY_RADIUS = 0.35
 HEAD_CENTER = (0.0, 0.0, 0.3)
 HEAD_RADIUS = 0.22
-NOSE_LENGTH = 0.2
-NOSE_RADIUS = 0.06
-# The nose's base centre is the head's surface point in direction +x.
-NOSE_BASE = (HEAD_CENTER[0] + HEAD_RADIUS, HEAD_CENTER[1], HEAD_CENTER[2])
+# The nose: a cone along +x from its base centre (inside the head) to its
+# apex.
+NOSE_BASE = (0.15, 0.0, 0.3)
+NOSE_TIP = (0.5, 0.0, 0.3)
+NOSE_RADIUS = 0.1
+NOSE_LENGTH = NOSE_TIP[0] - NOSE_BASE[0]
 
 
 def _sphere(x, y, z, center, radius):

@@ -39,7 +39,7 @@ BOUND_RADIUS = 0.75
 # A ray hits where the SDF at its final point is below this.
 HIT_EPS = 1e-3
 # Finite-difference step of the normals (well below the smallest feature, the
-# nose's base radius 0.06).
+# nose's base radius 0.1).
 NORMAL_STEP = 1e-3
 
 

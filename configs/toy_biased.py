@@ -1,0 +1,45 @@
+"""The toy world with a prior biased like Stable Diffusion's (Janus problem).
+
+configs/toy.py with one change: the toy prior's view bias
+(toy.view_frequencies, toy.view_adherence; toy/exact_prior.py). Its images
+are the same; only the group weights of its embeddings change, so a bare
+prompt mostly gives a front, and '<prompt>, back view' often gives one too,
+as Stable Diffusion does. The snowman's nose (on +x) then shows whether a
+run grows a face on its back:
+
+  python experiments/train.py --config=configs/toy_biased.py \
+      --workdir=/tmp/toy_biased --config.prompt="a snowman"
+
+Two bias levels: 'strong' (the default) and 'moderate', e.g.
+--config=configs/toy_biased.py:moderate.
+"""
+
+import ml_collections
+
+from configs import toy
+
+# (view_frequencies over front, side, back, overhead; view_adherence).
+LEVELS = {
+    # Photographs of an object are mostly taken from the front (product
+    # shots, portraits: what text-to-image data holds), so an unviewed
+    # prompt gives a front 60% of the time and a back 10%; and a view prompt
+    # is obeyed half the time: peers report that '..., back view' often
+    # still draws a face.
+    'moderate': ((0.6, 0.25, 0.1, 0.05), 0.5),
+    # Backs are rare (3%), and '..., back view' gives a back only about a
+    # quarter of the time (0.2 + 0.8 * 0.03), a front two thirds.
+    'strong': ((0.8, 0.15, 0.03, 0.02), 0.2),
+}
+# Measured (README, the Janus problem; seed 0, view prompts): at both
+# levels the snowman grew no nose at all, on neither side, where the exact
+# prior grows it on the front only. So far this bias suppresses the nose
+# rather than doubling it: the levels are not yet calibrated to reproduce
+# the Janus problem.
+
+
+def get_config(level: str = 'strong') -> ml_collections.ConfigDict:
+  config = toy.get_config()
+  frequencies, adherence = LEVELS[level]
+  config.toy.view_frequencies = frequencies
+  config.toy.view_adherence = adherence
+  return config

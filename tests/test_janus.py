@@ -1,0 +1,88 @@
+"""The Janus table (evaluation/janus.py) end to end at a tiny size.
+
+Two methods, two prior settings, one seed of configs/tiny.py (2 steps): the
+runs are trained with the settings they name, classified, counted and
+printed; a second call reuses them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import tiny
+from configs import toy_biased
+from dreamfusion_jax import errors
+from dreamfusion_jax import runs
+from dreamfusion_jax.evaluation import janus
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny_config():
+  config = tiny.get_config()
+  config.num_steps = 2
+  config.log.preview_every_steps = 0
+  return config
+
+
+def test_classify():
+  assert janus.classify({'front': True, 'back': False}) == 'right'
+  assert janus.classify({'front': False, 'back': True}) == 'flipped'
+  assert janus.classify({'front': True, 'back': True}) == 'janus'
+  assert janus.classify({'front': False, 'back': False}) == 'none'
+
+
+def test_run_config_sets_the_method_and_the_bias():
+  strong = toy_biased.LEVELS['strong']
+  config = janus.run_config(_tiny_config(), 'perp_neg', strong, 3)
+  assert config.prompt == 'a snowman' and config.seed == 3
+  assert config.guidance.perp_neg and config.guidance.view_prompts
+  assert tuple(config.toy.view_frequencies) == strong[0]
+  assert config.toy.view_adherence == strong[1]
+  config = janus.run_config(_tiny_config(), 'no_views', janus.EXACT, 0)
+  assert not config.guidance.view_prompts
+  with pytest.raises(errors.UserError, match='perp_neg'):
+    janus.run_config(_tiny_config(), 'perpneg', janus.EXACT, 0)
+
+
+def test_table_end_to_end(tmp_path):
+  settings = {'exact': janus.EXACT, 'strong': toy_biased.LEVELS['strong']}
+  methods = ['paper', 'perp_neg']
+  results = janus.janus_evaluate(_tiny_config(), tmp_path, settings, methods,
+                                 seeds=[0])
+  assert len(results['runs']) == 4
+  for run in results['runs']:
+    workdir = tmp_path / run['setting'] / run['method'] / 'seed_0'
+    config = runs.load_config(str(workdir))
+    assert config.guidance.perp_neg == (run['method'] == 'perp_neg')
+    assert config.toy.view_adherence == settings[run['setting']][1]
+    assert run['outcome'] == janus.classify(run['janus'])
+  for name in settings:
+    for method in methods:
+      assert sum(results['counts'][name][method].values()) == 1
+  table = janus.format_janus_table(results)
+  assert '| Perp-Neg |' in table and '| view prompts (paper) |' in table
+  assert 'Wall time' in table
+  with open(tmp_path / janus.JANUS_RESULTS) as f:
+    assert json.load(f)['counts'] == results['counts']
+  # Complete runs are reused, not trained again.
+  again = janus.janus_evaluate(_tiny_config(), tmp_path, settings, methods,
+                               seeds=[0])
+  assert again['counts'] == results['counts']
+  assert again['wall_seconds'] < results['wall_seconds']
+
+
+def test_evaluate_py_janus_mode(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, 'experiments', 'evaluate.py'),
+       '--mode=janus', f'--root={tmp_path}', '--seeds=0',
+       '--methods=negative', '--priors=moderate',
+       f"--config={os.path.join(ROOT, 'configs', 'tiny.py')}",
+       '--config.num_steps=2', '--config.log.preview_every_steps=0'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert '| + negative view prompts |' in proc.stdout
+  assert (tmp_path / 'moderate' / 'negative' / 'seed_0').is_dir()
