@@ -100,12 +100,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss.opacity_weight = 1.0
   config.loss.entropy_weight = 0.0
 
-  # threestudio: Adam (0.9, 0.99, eps 1e-15) at a constant 1e-2 for the
-  # hash tables and the field MLP alike, no clipping (Adam normalises each
-  # coordinate; a global clip only couples the background to the field).
+  # threestudio: Adam (0.9, 0.99, eps 1e-15) at 1e-2 for the hash tables
+  # and the field MLP alike, no clipping (Adam normalises each coordinate;
+  # a global clip only couples the background to the field). threestudio
+  # keeps 1e-2 to the end; in the toy world (configs/toy.py) a constant
+  # rate left the field jittering with the noisy SDS gradient (sphere IoU
+  # at density > 0.5: 0.41, normals 32 degrees off), and a cosine decay to
+  # 1e-3 settled it (0.75, 21 degrees), so both decay.
   config.optim.learning_rate = 1e-2
   config.optim.init_learning_rate = 1e-2
-  config.optim.final_learning_rate = 1e-2
+  config.optim.final_learning_rate = 1e-3
   config.optim.warmup_steps = 0
   config.optim.hashgrid_lr_multiplier = 1.0
   config.optim.grad_clip = 0.0

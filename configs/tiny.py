@@ -19,17 +19,23 @@ def get_config() -> ml_collections.ConfigDict:
   config.render.num_samples = 8
   config.render.occupancy_samples = 4
   config.render.occupancy_resolution = 8
-  config.render.field_chunk = 128  # The step's 256 samples in two chunks.
+  # The step's 256 samples in two chunks (the toy's hash grid takes them
+  # in one).
+  config.render.field_chunk = 128
   config.render.chunk = 64
-  config.nerf.mlp_width = 16
-  config.nerf.mlp_blocks = 1
-  config.nerf.num_frequencies = 2
+  config.nerf.hash_levels = 4
+  config.nerf.hash_log2_table_size = 8
+  config.nerf.hash_min_resolution = 4
+  config.nerf.hash_max_resolution = 16
+  config.nerf.hash_mlp_width = 8
+  config.nerf.background_width = 8
+  # Coarse to fine within the run: 2 levels, then one more at steps 2 and 4.
+  config.nerf.hash_start_levels = 2
+  config.nerf.hash_level_start_step = 2
+  config.nerf.hash_level_every_steps = 2
   # Every part of the step runs: lit and textureless views after step 2,
-  # with their normals and the orientation loss (the toy default has none).
+  # with their normals and the orientation loss.
   config.shading.albedo_steps = 2
-  config.shading.lit_prob = 0.75
-  config.loss.orientation_weight_start = 1e-4
-  config.loss.orientation_weight_end = 1e-2
   config.toy.images_per_view = 4
   config.toy.supersample = 1
   config.optim.warmup_steps = 2

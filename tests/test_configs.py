@@ -91,7 +91,7 @@ def test_stable_diffusion_config_values():
   assert config.loss.orientation_ramp_shape == 'linear'
   assert config.optim.grad_clip == 0.0
   assert config.optim.background_lr_multiplier == 0.1
-  assert config.optim.learning_rate == config.optim.final_learning_rate
+  assert config.optim.final_learning_rate == 1e-3  # Cosine (README).
   assert config.guidance.dtype == 'auto'
   doc = _load(ROOT / 'configs' / 'dreamfusion_sd.py').__doc__
   assert '--config.prompt="a DSLR photo of a corgi"' in doc

@@ -612,3 +612,21 @@ def test_janus_check():
       no_nose, lambda p: jnp.where(p[:, :1] < 0.0, jnp.array(objects.ORANGE),
                                    jnp.array(objects.WHITE)), 5.0)
   assert painted['back'] and not painted['front']
+
+
+def test_normal_angle_leaves_out_creases():
+  """Cube points within 0.05 of an edge are not scored; smooth ones all are."""
+  points = metrics.surface_points('a red cube', 4096)
+  kept = metrics.away_from_creases('a red cube', points)
+  # Each face keeps its middle 0.7 x 0.7 of 0.8 x 0.8.
+  assert kept.mean() == pytest.approx((0.7 / 0.8)**2, abs=0.03)
+  second = np.sort(np.abs(points), axis=1)[:, 1]  # 2nd largest |coordinate|.
+  assert second[kept].max() <= 0.35 + 2e-3
+  assert second[~kept].min() >= 0.35 - 2e-3
+  sphere = metrics.surface_points('a blue sphere', 1024)
+  assert metrics.away_from_creases('a blue sphere', sphere).all()
+  # The cube's own shape scores 0 degrees once its edges are left out
+  # (the L-infinity ball: exact face normals, none at the edges).
+  def cube_density(p):
+    return jnp.exp(-20.0 * (jnp.max(jnp.abs(p), axis=-1) - 0.4))
+  assert metrics.normal_angle('a red cube', cube_density) < 0.5
