@@ -1,18 +1,19 @@
-"""Meshes of a density field: grid sampling, marching cubes, GLB/OBJ/PLY.
+"""Meshes of a density field: grid sampling, marching cubes, clean-up.
 
 The density field is sampled on a regular grid (`density_grid`), marching
 cubes extracts the iso-surface at a threshold (`choose_threshold` picks the
 density where renders become opaque), small floating pieces are dropped
-and each vertex takes the field's albedo at its position (`color_mesh`).
-`write_mesh` writes the result as GLB, OBJ (+MTL) and PLY.
+(`mesh_from_grid`), the staircase of the grid can be smoothed and the face
+count reduced (`simplify`), and each vertex can take the field's albedo at
+its position (`color_mesh`). `texture` bakes a texture for the mesh and
+`mesh_files` writes it.
 
 Everything takes plain callables of points and arrays, so it runs on any
 field, trained or analytic.
 """
 
 import functools
-import os
-from typing import List, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -21,8 +22,6 @@ import skimage.measure
 import trimesh
 
 from dreamfusion_jax import errors
-from dreamfusion_jax import files
-from dreamfusion_jax import images
 from dreamfusion_jax import numerics
 
 
@@ -335,59 +334,30 @@ def extract_mesh(density_fn: numerics.PointFn, albedo_fn: numerics.PointFn,
   return color_mesh(mesh, albedo_fn, chunk)
 
 
-def _obj_text(mesh: trimesh.Trimesh, mtl_name: str) -> str:
-  colors = np.asarray(mesh.visual.vertex_colors)[:, :3] / 255.0
-  v = np.concatenate([mesh.vertices, colors], axis=1)
-  lines = [f'mtllib {mtl_name}', 'usemtl albedo']
-  lines += ['v %.6f %.6f %.6f %.4f %.4f %.4f' % tuple(row) for row in v]
-  lines += ['vn %.6f %.6f %.6f' % tuple(n) for n in mesh.vertex_normals]
-  lines += ['f {0}//{0} {1}//{1} {2}//{2}'.format(*f)
-            for f in (mesh.faces + 1)]
-  return '\n'.join(lines) + '\n'
+def simplify(mesh: trimesh.Trimesh, smooth_iterations: int = 0,
+             target_faces: int = 0) -> trimesh.Trimesh:
+  """Smooths the marching-cubes staircase, then decimates.
 
-
-_MTL = """newmtl albedo
-Ka 0.000 0.000 0.000
-Kd 1.000 1.000 1.000
-Ks 0.000 0.000 0.000
-d 1.0
-illum 1
-"""
-
-
-def write_mesh(mesh: trimesh.Trimesh, out_dir: str,
-               name: str = 'mesh') -> List[str]:
-  """Writes a vertex-coloured mesh as GLB, OBJ (+MTL) and PLY.
-
-  OBJ stores colours as the common 'v x y z r g b' extension (values in
-  [0, 1]) with a white diffuse material in the MTL; PLY stores 8-bit RGBA.
-  Both keep the albedo's values as rendered. glTF defines vertex colours as
-  linear, so the GLB holds the sRGB-decoded albedo: viewers re-encode it
-  and show the colours of the renders.
+  Smoothing is Taubin's lambda|mu filter (trimesh): a Laplacian step
+  (lambda 0.5) then a negative one (mu -0.53) per iteration, which removes
+  the grid's high-frequency steps without the shrinkage of plain Laplacian
+  smoothing. Decimation collapses edges in the order of their quadric error
+  (Garland and Heckbert 1997; the fast-simplification library), so flat
+  regions lose faces first and the silhouette last.
 
   Args:
-    mesh: trimesh.Trimesh with vertex colours (`extract_mesh`).
-    out_dir: created if missing.
-    name: file stem.
+    mesh: a triangle mesh (not modified).
+    smooth_iterations: Taubin iterations; 0 keeps the vertices.
+    target_faces: faces to decimate to; 0 (or more than the mesh has)
+      keeps them all.
 
   Returns:
-    The written paths: [glb, obj, mtl, ply].
+    A new mesh without vertex colours.
   """
-  os.makedirs(out_dir, exist_ok=True)
-  stem = os.path.join(out_dir, name)
-  colors = np.asarray(mesh.visual.vertex_colors)
-
-  glb_mesh = mesh.copy()
-  linear = images.srgb_to_linear(colors[:, :3] / 255.0)
-  glb_colors = colors.copy()
-  glb_colors[:, :3] = np.round(linear * 255.0).astype(np.uint8)
-  glb_mesh.visual = trimesh.visual.ColorVisuals(glb_mesh,
-                                                vertex_colors=glb_colors)
-  files.write_bytes(stem + '.glb', glb_mesh.export(file_type='glb'))
-
-  mtl_name = name + '.mtl'
-  files.write_bytes(stem + '.obj', _obj_text(mesh, mtl_name).encode())
-  files.write_bytes(stem + '.mtl', _MTL.encode())
-  files.write_bytes(stem + '.ply',
-                    mesh.export(file_type='ply', encoding='binary'))
-  return [stem + '.glb', stem + '.obj', stem + '.mtl', stem + '.ply']
+  mesh = trimesh.Trimesh(vertices=np.asarray(mesh.vertices),
+                         faces=np.asarray(mesh.faces), process=False)
+  if smooth_iterations > 0:
+    trimesh.smoothing.filter_taubin(mesh, iterations=smooth_iterations)
+  if 0 < target_faces < len(mesh.faces):
+    mesh = mesh.simplify_quadric_decimation(face_count=target_faces)
+  return mesh
