@@ -2,7 +2,7 @@
 
 The density field is sampled on a regular grid (`density_grid`), marching
 cubes extracts the iso-surface at a threshold (`choose_threshold` picks the
-density where renders become opaque), small floating pieces are dropped
+density whose mesh has the renders' silhouettes), small floating pieces are dropped
 (`mesh_from_grid`), the staircase of the grid can be smoothed and the face
 count reduced (`simplify`), and each vertex can take the field's albedo at
 its position (`color_mesh`). `texture` bakes a texture for the mesh and
@@ -104,46 +104,40 @@ def _otsu_split(values: np.ndarray, bins: int = 256) -> float:
 _COVERED_TRANSMITTANCE = 0.5
 
 
-def _visible_surface_densities(grid: np.ndarray, spacing: float,
-                               max_rays_per_axis: int = 128) -> np.ndarray:
-  """Densities where rays along the grid axes first become half opaque.
+def _silhouette_threshold(grid: np.ndarray,
+                          spacing: float) -> Optional[float]:
+  """The level whose mesh has the renders' silhouettes along the grid axes.
 
-  Rays enter from all six faces of the grid; each accumulates optical depth
-  (trapezoid rule) until the transmittance exp(-depth) falls to 0.5, and the
-  density there is linearly interpolated. Rays that never get that opaque
-  give nothing.
+  Seen along an axis (orthographically), a column of the grid is covered
+  in a render when its optical depth, the trapezoid sum of density x
+  spacing along it, reaches ln 2 (transmittance 0.5). The marching-cubes
+  surface at level t crosses the column exactly when the column's largest
+  vertex value exceeds t. The level is the one that makes these two
+  coverages disagree on the fewest columns, over the three axes: sort the
+  columns by their maximum and cut where the misclassified count is least.
 
   Returns:
-    [M] densities, one per ray that crosses.
+    The level, halfway between the maxima on either side of the cut; None
+    when no column gets half opaque.
   """
   target = -np.log(_COVERED_TRANSMITTANCE)
-  # Every stride-th ray per transverse axis: plenty for a median, and it
-  # keeps the cost at O(128^2 R) for fine grids.
-  stride = max(1, grid.shape[0] // max_rays_per_axis)
-  values = []
+  covered, maxima = [], []
   for axis in range(3):
-    along = np.moveaxis(grid, axis, -1)[::stride, ::stride]
-    for d in (along, along[..., ::-1]):
-      segment = 0.5 * spacing * (d[..., 1:] + d[..., :-1])
-      depth = np.concatenate(
-          [np.zeros(d.shape[:-1] + (1,), np.float32),
-           np.cumsum(segment, axis=-1, dtype=np.float32)], axis=-1)
-      crossed = depth >= target
-      hit = crossed.any(axis=-1)
-      if not hit.any():
-        continue
-      # depth[..., 0] = 0 < target, so the first crossing index is >= 1.
-      i = np.argmax(crossed, axis=-1)[hit][:, None]
-      depth, d = depth[hit], d[hit]
-      d0 = np.take_along_axis(d, i - 1, -1)[:, 0]
-      d1 = np.take_along_axis(d, i, -1)[:, 0]
-      t0 = np.take_along_axis(depth, i - 1, -1)[:, 0]
-      t1 = np.take_along_axis(depth, i, -1)[:, 0]
-      f = (target - t0) / np.maximum(t1 - t0, 1e-30)
-      values.append(d0 + f * (d1 - d0))
-  if not values:
-    return np.zeros((0,), np.float32)
-  return np.concatenate(values)
+    along = np.moveaxis(grid, axis, -1)
+    depth = 0.5 * spacing * np.sum(along[..., 1:] + along[..., :-1], axis=-1,
+                                   dtype=np.float64)
+    covered.append((depth >= target).ravel())
+    maxima.append(along.max(axis=-1).ravel())
+  covered, maxima = np.concatenate(covered), np.concatenate(maxima)
+  if not covered.any():
+    return None
+  order = np.argsort(-maxima, kind='stable')
+  covered, maxima = covered[order], maxima[order]
+  # Cutting after the k-th column (k = 1..n) calls the first k covered:
+  # errors = uncovered among them + covered after them.
+  errors = np.cumsum(~covered) + (covered.sum() - np.cumsum(covered))
+  k = int(np.argmin(errors))
+  return float(0.5 * (maxima[k] + maxima[min(k + 1, len(maxima) - 1)]))
 
 
 def _split_threshold(density: np.ndarray) -> float:
@@ -162,20 +156,22 @@ def _split_threshold(density: np.ndarray) -> float:
 
 
 def choose_threshold(grid: np.ndarray, bound: float = 1.0) -> float:
-  """An iso-level for marching cubes: the density of the visible surface.
+  """An iso-level for marching cubes: the renders' silhouette.
 
-  Rule: cast rays along the grid axes from all six faces, find where each
-  first becomes half opaque (optical depth ln 2, the volume-rendering
-  transmittance falling to 0.5), and take the median density there. The
-  mesh then follows the silhouette the renders show, whatever the scale of
-  the densities: for an exp field exp(k (r0 - |x|)) the level is about
-  k ln 2 and for a sharp-edged object it lies inside the jump. A soft edge
-  gives a surface in its outer, opaque part: for 50 sigmoid(20 (0.5 - |x|))
-  the mesh has radius ~0.58, the radius where renders become opaque.
+  Rule: the level at which the mesh's outline, seen along each grid axis,
+  matches where the field's renders become half opaque
+  (`_silhouette_threshold`). A soft field is most opaque along grazing
+  rays, which cross its outer shell over a long chord, so its rendered
+  outline lies at a lower density than the point where a ray aimed at the
+  surface turns half opaque; a level matched to that frontal point made
+  meshes smaller than the turntable (toy cube: the mesh covered 1,500 fewer
+  pixels of 28,000 in eight 128^2 views, 21 dB against the field's albedo
+  render; matched to the outline, 26 dB). For a sharp-edged object the
+  level lies inside the jump, at the object's size.
 
-  When no ray gets half opaque (a faint field), the level is halfway between
-  the median densities of the empty and occupied samples, split by Otsu's
-  method on log(1 + density).
+  When no column gets half opaque (a faint field), the level is halfway
+  between the median densities of the empty and occupied samples, split by
+  Otsu's method on log(1 + density).
 
   Args:
     grid: [R, R, R] densities sampled on the vertices of a grid over
@@ -191,11 +187,9 @@ def choose_threshold(grid: np.ndarray, bound: float = 1.0) -> float:
   if hi <= lo:
     return hi
   spacing = 2.0 * bound / (grid.shape[0] - 1)
-  densities = _visible_surface_densities(grid, spacing)
-  if len(densities):
-    threshold = float(np.median(densities))
-    if lo < threshold < hi:
-      return threshold
+  threshold = _silhouette_threshold(grid, spacing)
+  if threshold is not None and lo < threshold < hi:
+    return threshold
   return _split_threshold(grid.ravel())
 
 

@@ -88,24 +88,39 @@ def test_mesh_closes_where_the_object_leaves_the_grid():
   assert mesh.volume > 0
 
 
-def test_auto_threshold_puts_a_sharp_ball_surface_at_its_radius():
-  mesh = meshing.extract_mesh(
-      lambda p: ball_density(p, sharpness=60.0), albedo, 48, 1.0)
-  assert abs(radii(mesh).mean() - RADIUS) < 0.03 * RADIUS
+def _outline_radius(profile):
+  """Radius of a ball's outline in renders, for density profile(r).
+
+  A ray passing the centre at distance b is half opaque when its optical
+  depth, the density integrated along the chord, reaches ln 2; that b is
+  the radius of the outline any render of the ball shows.
+  """
+  b = np.linspace(RADIUS - 0.2, RADIUS + 0.3, 2001)[:, None]
+  s = np.linspace(-1.5, 1.5, 6001)[None, :]
+  depth = profile(np.sqrt(b ** 2 + s ** 2)).sum(axis=1) * (s[0, 1] - s[0, 0])
+  return float(b[np.argmin(np.abs(depth - np.log(2.0))), 0])
 
 
-@pytest.mark.parametrize('slope', [20.0, 50.0])
-def test_auto_threshold_of_exp_field_is_where_it_turns_opaque(slope):
-  # exp(k (r0 - r)) accumulates optical depth exp(k (r0 - r)) / k from
-  # outside: renders turn opaque where the density is of order k, whatever
-  # the (unbounded) interior densities are.
-  fn = lambda p: exp_density(p, slope)
-  coarse = meshing.choose_threshold(meshing.density_grid(fn, 48, 1.0), 1.0)
-  fine = meshing.choose_threshold(meshing.density_grid(fn, 96, 1.0), 1.0)
-  assert slope / 4 < fine < 2 * slope
-  # The rule measures a physical quantity, not a grid-dependent one (up to
-  # quadrature error: at slope 50 and R = 48 the density grows 8x per cell).
-  np.testing.assert_allclose(coarse, fine, rtol=0.15)
+@pytest.mark.parametrize('kind, param', [('sigmoid', 60.0), ('exp', 20.0),
+                                         ('exp', 50.0)])
+def test_auto_threshold_gives_the_mesh_the_rendered_outline(kind, param):
+  # A soft ball is most opaque along grazing rays, so its outline lies
+  # outside the point where a ray aimed at its centre turns half opaque
+  # (exp, slope 20: outline at r = 0.47, that point at 0.37).
+  if kind == 'sigmoid':
+    fn = lambda p: ball_density(p, sharpness=param)
+    profile = lambda r: 50.0 / (1.0 + np.exp(-param * (RADIUS - r)))
+  else:
+    fn = lambda p: exp_density(p, param)
+    profile = lambda r: np.exp(np.minimum(param * (RADIUS - r), 40.0))
+  outline = _outline_radius(profile)
+  for resolution in (48, 96):
+    mesh = meshing.extract_mesh(fn, albedo, resolution, 1.0)
+    spacing = 2.0 / (resolution - 1)
+    # Columns of the grid are a spacing apart: the outline is matched to
+    # within about half of one.
+    assert abs(radii(mesh).mean() - outline) < 0.6 * spacing, (resolution,
+                                                               outline)
 
 
 def test_auto_threshold_meshes_a_field_that_is_never_opaque():
