@@ -31,9 +31,10 @@ from dreamfusion_jax import shading as shading_lib
 from dreamfusion_jax import texture
 from dreamfusion_jax.nerf import field as field_lib
 
-# A render with autodiff normals costs about this many plain evaluations per
-# sample (render.py: "autodiff normals cost about 2.5x the plain render").
-_NORMALS_COST = 2.5
+# A turntable frame costs about this many plain field evaluations per sample:
+# autodiff normals (render.py: about 2.5x), compositing and the frame's
+# share of writing the videos (measured on the toy on a 2-core CPU).
+_FRAME_COST = 5.0
 # Samples per texel ray, and the ray's half-length in cells of the mesh grid:
 # the marching-cubes surface lies within about a cell of the field's.
 BAKE_SAMPLES = 16
@@ -97,7 +98,7 @@ def estimate(config: ml_collections.ConfigDict, rate: float
              ) -> Dict[str, float]:
   """Seconds each stage of `export_all` should take at `rate` evals/s."""
   e = config.export
-  frame = e.resolution ** 2 * config.render.num_samples * _NORMALS_COST
+  frame = e.resolution ** 2 * config.render.num_samples * _FRAME_COST
   texels = _ATLAS_COVERAGE * e.texture_size ** 2
   return {
       'turntables': e.num_frames * frame / rate,
