@@ -6,7 +6,7 @@ one pass per frame) written by `images`; the marching-cubes mesh of
 `meshing`, unwrapped and textured by `texture`, written by `mesh_files`.
 
 Exports can take long on a CPU (the default 120 frames of 256^2 pixels
-with 64 samples and normals are about 1.6 G field evaluations), so
+with 64 samples are 0.5 G samples, each with its normal), so
 `export_all` logs an estimate before it starts, with the config keys that
 shorten it, then progress with counts and an ETA for every stage.
 """

@@ -97,6 +97,11 @@ def unwrap(vertices: np.ndarray, faces: np.ndarray, texture_size: int,
   return _place_skipped_faces(faces, uv_to_vertex, uv_faces, uv)
 
 
+def _cross(u, v):
+  """The z component of the cross product of 2D vectors [..., 2]."""
+  return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+
+
 def _place_skipped_faces(faces, uv_to_vertex, uv_faces, uv):
   """Gives faces that xatlas left at one UV point a neighbour's colour.
 
@@ -105,8 +110,8 @@ def _place_skipped_faces(faces, uv_to_vertex, uv_faces, uv):
   them, so they read that face's colour instead of whatever lies at (0, 0).
   """
   corners = uv[uv_faces]
-  area = np.abs(np.cross(corners[:, 1] - corners[:, 0],
-                         corners[:, 2] - corners[:, 0]))
+  area = np.abs(_cross(corners[:, 1] - corners[:, 0],
+                       corners[:, 2] - corners[:, 0]))
   skipped = np.flatnonzero(area < 1e-12)
   charted = np.flatnonzero(area >= 1e-12)
   if not len(skipped) or not len(charted):
@@ -164,14 +169,11 @@ def rasterize(uv: np.ndarray, uv_faces: np.ndarray, size: int,
     p = np.stack([col, row], axis=-1).astype(np.float64)
     a, b, c = tri[face, 0], tri[face, 1], tri[face, 2]
 
-    def cross(u, v):
-      return u[:, 0] * v[:, 1] - u[:, 1] * v[:, 0]
-
-    area2 = cross(b - a, c - a)
+    area2 = _cross(b - a, c - a)
     ok = np.abs(area2) > 1e-12
     safe_area2 = np.where(ok, area2, 1.0)
-    bary = np.stack([cross(c - b, p - b), cross(a - c, p - c),
-                     cross(b - a, p - a)], axis=-1) / safe_area2[:, None]
+    bary = np.stack([_cross(c - b, p - b), _cross(a - c, p - c),
+                     _cross(b - a, p - a)], axis=-1) / safe_area2[:, None]
     edges = np.stack([np.linalg.norm(c - b, axis=-1),
                       np.linalg.norm(a - c, axis=-1),
                       np.linalg.norm(b - a, axis=-1)], axis=-1)
