@@ -31,14 +31,20 @@ setuptools.setup(
         'imageio-ffmpeg>=0.5',
         'pillow>=10',
         'trimesh>=4.0',
+        # UV atlases of exported meshes, and their decimation (used through
+        # trimesh's simplify_quadric_decimation).
+        'xatlas>=0.0.9',
+        'fast-simplification>=0.1.7',
         'scikit-image>=0.22',
         'scipy>=1.11',
         'networkx>=3.0',
         'tensorboardX>=2.6',
     ],
     extras_require={
-        # IPython: the notebook test runs the Colab notebook's cells.
-        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ipython>=8'],
+        # IPython: the notebook test runs the Colab notebook's cells;
+        # mitsuba: the independent renderer of experiments/render_mesh_check.py.
+        'test': ['pytest>=8', 'pytest-xdist>=3.5', 'ipython>=8',
+                 'mitsuba>=3.5'],
         # Accelerator builds of jax; pick the one matching the machine.
         'cuda12': ['jax[cuda12]'],
         'cuda13': ['jax[cuda13]'],

@@ -203,5 +203,10 @@ def get_config() -> ml_collections.ConfigDict:
   export.remove_floaters = True  # Keep only the largest connected piece(s).
   export.floater_fraction = 0.05  # Min faces of a kept piece / largest's.
   export.gif_size = 128  # Longer side of the turntable gifs in pixels.
+  # Taubin smoothing of the grid's staircase (0: none). In the mesh check
+  # (README) 5 iterations raised the toy meshes' PSNR by 1.6-2.4 dB.
+  export.smooth_iterations = 5
+  export.target_faces = 0  # Decimate the mesh to this many faces; 0 keeps all.
+  export.texture_size = 1024  # Side of the baked texture in pixels.
 
   return config

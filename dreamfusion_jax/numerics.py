@@ -116,7 +116,8 @@ def evaluate_points(fn: PointFn, points, chunk: int = DEFAULT_CHUNK
   Args:
     fn: points [C, 3] -> [C, ...]; a plain callable or a
       `jax.tree_util.Partial` whose bound arguments (params) are traced.
-    points: [N, 3].
+    points: [N, 3], or [N, D] rows of any width D that fn takes (e.g. a
+      point and a normal, `texture.seen_colours`).
     chunk: points per evaluation (smaller inputs use the next power of two).
 
   Returns:

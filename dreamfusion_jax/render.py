@@ -16,7 +16,7 @@ depends only on its own position) or by finite differences
 """
 
 import functools
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 import jax
 import jax.numpy as jnp
@@ -179,7 +179,10 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
 
   Returns:
     rgb [..., 3], opacity [...], depth [...] (expected distance, background
-    counted as 0), normals [..., 3] (composited), weights [..., N],
+    counted as 0), normals [..., 3] (composited), n_dot_l [...] (the
+    composited Lambert term sum_i w_i max(0, n_i . l), from which any
+    textureless shading follows: `textureless_rgb`), background [..., 3]
+    (the background colour behind each ray), weights [..., N],
     sample_normals [..., N, 3], t [..., N] (sample distances), delta
     [..., N] (the samples' quadrature widths).
   """
@@ -206,11 +209,15 @@ def render_rays(model: field_lib.NeRF, params, origins, directions,
   background = model.apply(params, directions, method=field_lib.NeRF.background)
   rgb = (jnp.sum(weights[..., None] * colors, axis=-2) +
          (1.0 - opacity[..., None]) * background)
+  n_dot_l = shading_lib.lambert(sample_normals, points,
+                                light_position[..., None, :])
   return {
       'rgb': rgb,
       'opacity': opacity,
       'depth': jnp.sum(weights * t, axis=-1),
       'normals': jnp.sum(weights[..., None] * sample_normals, axis=-2),
+      'n_dot_l': jnp.sum(weights * n_dot_l, axis=-1),
+      'background': background,
       'weights': weights,
       'sample_normals': sample_normals,
       't': t,
@@ -291,7 +298,8 @@ def render_image(model: field_lib.NeRF, params, cam: cameras_lib.Cameras,
     shading: one scalar shading mode; albedo only when None.
 
   Returns:
-    rgb [H, W, 3], opacity [H, W], depth [H, W], normals [H, W, 3].
+    rgb [H, W, 3], opacity [H, W], depth [H, W], normals [H, W, 3],
+    n_dot_l [H, W], background [H, W, 3].
   """
   if shading is None:
     shading = shading_lib.albedo_only()
@@ -304,7 +312,8 @@ def render_image(model: field_lib.NeRF, params, cam: cameras_lib.Cameras,
 
 def render_cameras(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
                    resolution: int, render_config: ml_collections.ConfigDict,
-                   shading: Optional[shading_lib.ShadingParams] = None
+                   shading: Optional[shading_lib.ShadingParams] = None,
+                   progress: Optional[Callable[[int, int], None]] = None
                    ) -> Dict[str, np.ndarray]:
   """`render_image` of each camera of a batch, stacked on the host.
 
@@ -314,17 +323,44 @@ def render_cameras(model: field_lib.NeRF, params, cams: cameras_lib.Cameras,
   Args:
     cams: Cameras with leading shape [V] (e.g. `cameras.orbit_cameras`).
     resolution, render_config, shading: as in `render_image`.
+    progress: called as progress(done, V) after each frame, or None.
 
   Returns:
-    numpy rgb [V, H, W, 3], opacity [V, H, W], depth [V, H, W] and normals
-    [V, H, W, 3].
+    The outputs of `render_image` as numpy arrays with leading shape [V]:
+    rgb [V, H, W, 3], opacity [V, H, W], depth [V, H, W], normals
+    [V, H, W, 3], n_dot_l [V, H, W], background [V, H, W, 3].
   """
   frames = []
-  for i in range(cams.azimuth.shape[0]):
+  num = cams.azimuth.shape[0]
+  for i in range(num):
     cam = jax.tree.map(lambda a, i=i: a[i], cams)
     frames.append(jax.device_get(render_image(model, params, cam, resolution,
                                               render_config, shading)))
+    if progress is not None:
+      progress(i + 1, num)
   return {k: np.stack([f[k] for f in frames]) for k in frames[0]}
+
+
+def textureless_rgb(out: Dict[str, np.ndarray], ambient: float,
+                    diffuse: float) -> np.ndarray:
+  """The textureless render (rho = 1) of the lights of a finished render.
+
+  Shading is per sample, c_i = ambient + diffuse max(0, n_i . l), and
+  compositing is linear, so sum_i w_i c_i = ambient * opacity + diffuse *
+  n_dot_l: one pass (in any shading mode, e.g. albedo only) gives the
+  textureless image exactly, without rendering the field again.
+
+  Args:
+    out: outputs of `render_rays` / `render_cameras` (opacity [...],
+      n_dot_l [...], background [..., 3]).
+    ambient, diffuse: the Lambertian shading's light levels.
+
+  Returns:
+    rgb [..., 3].
+  """
+  shaded = ambient * out['opacity'] + diffuse * out['n_dot_l']
+  return (shaded[..., None] +
+          (1.0 - out['opacity'][..., None]) * out['background'])
 
 
 def validate(render_config: ml_collections.ConfigDict) -> None:

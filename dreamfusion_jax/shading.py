@@ -64,6 +64,15 @@ def sample(key, step, shading_config: ml_collections.ConfigDict,
       textureless=textureless.astype(jnp.float32))
 
 
+def lambert(normals, points, light_position):
+  """max(0, n . l) for unit normals [..., 3] and a point light: [...].
+
+  l = (light - mu) / |light - mu| is the unit direction to the light.
+  """
+  light_dir = numerics.safe_normalize(light_position - points)
+  return jnp.maximum(jnp.sum(normals * light_dir, axis=-1), 0.0)
+
+
 def shade(albedo, normals, points, light_position, params: ShadingParams):
   """Colour of surface points under a white point light.
 
@@ -77,8 +86,7 @@ def shade(albedo, normals, points, light_position, params: ShadingParams):
   Returns:
     [..., 3] colours.
   """
-  light_dir = numerics.safe_normalize(light_position - points)
-  n_dot_l = jnp.maximum(jnp.sum(normals * light_dir, axis=-1), 0.0)
+  n_dot_l = lambert(normals, points, light_position)
   ambient = jnp.asarray(params.ambient)[..., None]
   diffuse = jnp.asarray(params.diffuse)[..., None]
   tex = jnp.asarray(params.textureless)[..., None]

@@ -59,6 +59,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   render.validate(config.render)
   shading.validate(config.shading)
   field.validate(config)
+  export.validate(config.export)
   field.make_model(config)  # Refuses unknown field or background kinds.
   priors.validate(config)
 
@@ -76,13 +77,14 @@ def preview_grid(model, params, config, num_views: int = 4) -> np.ndarray:
   cams = cameras.orbit_cameras(num_views, c.eval_elevation, c.eval_distance,
                                c.eval_focal, azimuth_start=0.0)
   res = config.log.preview_resolution
+  # One pass: the textureless row follows from its Lambert term.
   out = render.render_cameras(model, params, cams, res, config.render)
-  tex = render.render_cameras(model, params, cams, res, config.render,
-                              shading.lambertian(textureless=True))
+  default_light = shading.lambertian(textureless=True)
   rows = [out['rgb'],
           images.normals_to_rgb(out['normals'], out['opacity'],
                                 np.asarray(cams.rotation)),
-          tex['rgb'],
+          render.textureless_rgb(out, float(default_light.ambient),
+                                 float(default_light.diffuse)),
           np.repeat(out['opacity'][..., None], 3, -1)]
   return np.clip(np.concatenate([np.concatenate(list(r), 1) for r in rows],
                                 0), 0, 1)

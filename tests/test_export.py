@@ -11,10 +11,13 @@ import pytest
 import trimesh
 
 from configs import default as default_config
+from dreamfusion_jax import cameras
 from dreamfusion_jax import errors
 from dreamfusion_jax import export
 from dreamfusion_jax import images
 from dreamfusion_jax import meshing
+from dreamfusion_jax import render
+from dreamfusion_jax import shading
 from dreamfusion_jax.nerf import field as field_lib
 
 # An off-centre ball, so that a swapped, flipped or shifted axis in the
@@ -85,24 +88,39 @@ def test_mesh_closes_where_the_object_leaves_the_grid():
   assert mesh.volume > 0
 
 
-def test_auto_threshold_puts_a_sharp_ball_surface_at_its_radius():
-  mesh = meshing.extract_mesh(
-      lambda p: ball_density(p, sharpness=60.0), albedo, 48, 1.0)
-  assert abs(radii(mesh).mean() - RADIUS) < 0.03 * RADIUS
+def _outline_radius(profile):
+  """Radius of a ball's outline in renders, for density profile(r).
+
+  A ray passing the centre at distance b is half opaque when its optical
+  depth, the density integrated along the chord, reaches ln 2; that b is
+  the radius of the outline any render of the ball shows.
+  """
+  b = np.linspace(RADIUS - 0.2, RADIUS + 0.3, 2001)[:, None]
+  s = np.linspace(-1.5, 1.5, 6001)[None, :]
+  depth = profile(np.sqrt(b ** 2 + s ** 2)).sum(axis=1) * (s[0, 1] - s[0, 0])
+  return float(b[np.argmin(np.abs(depth - np.log(2.0))), 0])
 
 
-@pytest.mark.parametrize('slope', [20.0, 50.0])
-def test_auto_threshold_of_exp_field_is_where_it_turns_opaque(slope):
-  # exp(k (r0 - r)) accumulates optical depth exp(k (r0 - r)) / k from
-  # outside: renders turn opaque where the density is of order k, whatever
-  # the (unbounded) interior densities are.
-  fn = lambda p: exp_density(p, slope)
-  coarse = meshing.choose_threshold(meshing.density_grid(fn, 48, 1.0), 1.0)
-  fine = meshing.choose_threshold(meshing.density_grid(fn, 96, 1.0), 1.0)
-  assert slope / 4 < fine < 2 * slope
-  # The rule measures a physical quantity, not a grid-dependent one (up to
-  # quadrature error: at slope 50 and R = 48 the density grows 8x per cell).
-  np.testing.assert_allclose(coarse, fine, rtol=0.15)
+@pytest.mark.parametrize('kind, param', [('sigmoid', 60.0), ('exp', 20.0),
+                                         ('exp', 50.0)])
+def test_auto_threshold_gives_the_mesh_the_rendered_outline(kind, param):
+  # A soft ball is most opaque along grazing rays, so its outline lies
+  # outside the point where a ray aimed at its centre turns half opaque
+  # (exp, slope 20: outline at r = 0.47, that point at 0.37).
+  if kind == 'sigmoid':
+    fn = lambda p: ball_density(p, sharpness=param)
+    profile = lambda r: 50.0 / (1.0 + np.exp(-param * (RADIUS - r)))
+  else:
+    fn = lambda p: exp_density(p, param)
+    profile = lambda r: np.exp(np.minimum(param * (RADIUS - r), 40.0))
+  outline = _outline_radius(profile)
+  for resolution in (48, 96):
+    mesh = meshing.extract_mesh(fn, albedo, resolution, 1.0)
+    spacing = 2.0 / (resolution - 1)
+    # Columns of the grid are a spacing apart: the outline is matched to
+    # within about half of one.
+    assert abs(radii(mesh).mean() - outline) < 0.6 * spacing, (resolution,
+                                                               outline)
 
 
 def test_auto_threshold_meshes_a_field_that_is_never_opaque():
@@ -112,43 +130,6 @@ def test_auto_threshold_meshes_a_field_that_is_never_opaque():
   threshold = meshing.choose_threshold(grid, 1.0)
   assert 0.0 < threshold < 0.5
   assert meshing.mesh_from_grid(grid, 1.0).is_watertight
-
-
-def test_glb_reloads_with_the_field_albedo_at_the_surface(ball_mesh,
-                                                          tmp_path):
-  paths = meshing.write_mesh(ball_mesh, str(tmp_path), 'ball')
-  assert [os.path.basename(p) for p in paths] == [
-      'ball.glb', 'ball.obj', 'ball.mtl', 'ball.ply']
-  loaded = trimesh.load(paths[0], force='mesh')
-  assert loaded.visual.kind == 'vertex'
-  vertices = np.asarray(loaded.vertices)
-  # Compare with the albedo on the true sphere, not at the mesh's own
-  # vertices: a mis-mapped vertex would still match its own colour.
-  offset = vertices - CENTRE
-  on_sphere = CENTRE + RADIUS * offset / np.linalg.norm(offset, axis=-1,
-                                                        keepdims=True)
-  expected = images.srgb_to_linear(np.asarray(albedo(on_sphere)))
-  colors = np.asarray(loaded.visual.vertex_colors)[:, :3] / 255.0
-  np.testing.assert_allclose(colors, expected, atol=0.02)
-
-
-def test_obj_and_ply_keep_albedo_values(ball_mesh, tmp_path):
-  meshing.write_mesh(ball_mesh, str(tmp_path), 'ball')
-  expected = np.asarray(albedo(np.asarray(ball_mesh.vertices, np.float32)))
-  ply = trimesh.load(str(tmp_path / 'ball.ply'), process=False)
-  np.testing.assert_allclose(ply.vertices, ball_mesh.vertices, atol=1e-6)
-  np.testing.assert_allclose(ply.visual.vertex_colors[:, :3] / 255.0,
-                             expected, atol=0.003)
-  text = (tmp_path / 'ball.obj').read_text()
-  assert text.startswith('mtllib ball.mtl\nusemtl albedo\n')
-  assert 'newmtl albedo' in (tmp_path / 'ball.mtl').read_text()
-  v = np.array([line.split()[1:] for line in text.splitlines()
-                if line.startswith('v ')], np.float32)
-  np.testing.assert_allclose(v[:, :3], ball_mesh.vertices, atol=1e-5)
-  np.testing.assert_allclose(v[:, 3:], expected, atol=0.003)
-  faces = np.array([[int(c.split('/')[0]) for c in line.split()[1:]]
-                    for line in text.splitlines() if line.startswith('f ')])
-  np.testing.assert_array_equal(faces - 1, ball_mesh.faces)
 
 
 def test_floater_removal_drops_a_small_separate_blob():
@@ -253,8 +234,7 @@ def test_colorize_depth_is_bright_near_and_uses_one_range():
   np.testing.assert_allclose(rgb[1, 0, 0], rgb[1, 0, 1])
 
 
-@_IGNORE_FORK
-def test_export_all_writes_every_file(tmp_path):
+def _tiny_config():
   config = default_config.get_config()
   config.nerf.num_frequencies = 2
   config.nerf.mlp_width = 16
@@ -264,18 +244,83 @@ def test_export_all_writes_every_file(tmp_path):
   config.export.num_frames = 2
   config.export.resolution = 8
   config.export.mesh_resolution = 12
+  config.export.texture_size = 32
+  return config
+
+
+@pytest.fixture(scope='module')
+def tiny_nerf():
+  config = _tiny_config()
   model = field_lib.make_model(config)
   # Jitted: one compile instead of one per eager op (the test's main cost).
   params = jax.jit(field_lib.init_params, static_argnums=1)(
       jax.random.key(0), model)
-  paths = export.export_all(config, model, params, str(tmp_path))
+  return model, params
+
+
+@_IGNORE_FORK
+def test_export_all_writes_every_file_and_says_what_it_does(
+    tmp_path, tiny_nerf, caplog):
+  model, params = tiny_nerf
+  config = _tiny_config()
+  with caplog.at_level('INFO'):
+    paths = export.export_all(config, model, params, str(tmp_path))
   names = sorted(os.path.basename(p) for p in paths)
   expected = sorted([f'{n}.{e}' for n in ('rgb', 'textureless', 'normals',
                                           'depth')
                      for e in ('mp4', 'gif', 'png')] +
-                    ['mesh.glb', 'mesh.obj', 'mesh.mtl', 'mesh.ply'])
+                    ['mesh.glb', 'mesh.obj', 'mesh.mtl', 'texture.png',
+                     'mesh.ply'])
   assert names == expected
   assert sorted(os.listdir(tmp_path)) == expected
   reader = imageio.v2.get_reader(str(tmp_path / 'rgb.mp4'))
   assert len([frame for frame in reader]) == 2
   reader.close()
+  glb = trimesh.load(str(tmp_path / 'mesh.glb'), force='mesh')
+  assert glb.visual.material.baseColorTexture.size == (32, 32)
+  log = caplog.text
+  # The estimate comes first, with the keys that shorten it; then counts.
+  assert log.index('estimated') < log.index('frame 1/2')
+  assert '--config.export.texture_size' in log
+  for stage in ('frame 2/2', 'Density grid: 12^3', 'UV atlas',
+                'Texture baked'):
+    assert stage in log
+
+
+def test_textureless_frames_from_one_pass_equal_a_textureless_render(
+    tiny_nerf):
+  model, params = tiny_nerf
+  config = _tiny_config()
+  cams = cameras.orbit_cameras(2, 20.0, 1.3, 1.0)
+  lit = shading.lambertian(ambient=0.2, diffuse=0.7, textureless=True)
+  one_pass = render.render_cameras(model, params, cams, 8, config.render)
+  two_pass = render.render_cameras(model, params, cams, 8, config.render, lit)
+  np.testing.assert_allclose(render.textureless_rgb(one_pass, 0.2, 0.7),
+                             two_pass['rgb'], atol=1e-5)
+  assert one_pass['opacity'].max() > 0.1  # The blob is seen.
+
+
+@pytest.mark.parametrize('key, value, words', [
+    ('texture_size', 8, 'export.texture_size = 8 must be an integer'),
+    ('texture_size', 10000, 'must be an integer from 16 to 8192'),
+    ('target_faces', -1, 'export.target_faces = -1 must be 0'),
+    ('smooth_iterations', -3, 'export.smooth_iterations = -3 must be 0'),
+    ('mesh_resolution', 1, 'export.mesh_resolution = 1 must be'),
+    ('num_frames', 0, 'export.num_frames = 0 must be a positive integer'),
+])
+def test_bad_export_keys_get_one_sentence(key, value, words):
+  config = default_config.get_config()
+  config.export[key] = value
+  with pytest.raises(errors.UserError, match=re.escape(words)) as info:
+    export.validate(config.export)
+  message = str(info.value)
+  assert message.endswith('.') and not re.search(r'\. [A-Z]', message)
+
+
+def test_unwritable_export_folder_is_one_sentence(tmp_path, tiny_nerf):
+  model, params = tiny_nerf
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a folder')
+  with pytest.raises(errors.UserError, match='cannot be written'):
+    export.export_all(_tiny_config(), model, params, str(blocker / 'export'))
+  assert blocker.read_text() == 'not a folder'

@@ -22,8 +22,9 @@ FLOORS = {
     # 1: cameras, shading, the field; meshes of any field.
     'cameras': 1, 'shading': 1, 'nerf': 1, 'nerf.encoding': 1,
     'nerf.field': 1, 'meshing': 1,
-    # 2: rendering; the prior interface, SDS and Stable Diffusion.
-    'render': 2, 'guidance': 2, 'guidance.prior': 2, 'guidance.sds': 2,
+    # 2: rendering; texture baking (composites rays like the renderer) and
+    # mesh files; the prior interface, SDS and Stable Diffusion.
+    'render': 2, 'texture': 2, 'mesh_files': 2, 'guidance': 2, 'guidance.prior': 2, 'guidance.sds': 2,
     'guidance.hub': 2, 'guidance.quiet': 2, 'guidance.stable_diffusion': 2,
     'guidance.weight_files': 2,
     'guidance.views': 2,
