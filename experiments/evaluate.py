@@ -84,8 +84,24 @@ def main(argv):
   from dreamfusion_jax.evaluation import clip_r_precision
   from dreamfusion_jax.evaluation import toy_sweep
   # pylint: enable=g-import-not-at-top
-_MODE = flags.DEFINE_enum('mode', 'toy',
-                          ['toy', 'ablation', 'janus', 'clip'],
+  if _MODE.value == 'janus':
+    # pylint: disable=g-import-not-at-top
+    from configs import toy_biased
+    from dreamfusion_jax.evaluation import janus
+    # pylint: enable=g-import-not-at-top
+    levels = {'exact': janus.EXACT, **toy_biased.LEVELS}
+    unknown = [p for p in _PRIORS.value if p not in levels]
+    if unknown:
+      raise errors.UserError(f'--priors={",".join(unknown)} is unknown; use '
+                             f'{", ".join(levels)}.')
+    results = janus.janus_evaluate(
+        _CONFIG.value, _ROOT.value, {p: levels[p] for p in _PRIORS.value},
+        _METHODS.value or list(janus.METHODS),
+        [int(s) for s in _SEEDS.value], _THRESHOLD.value)
+    print(janus.format_janus_table(results))
+    if _OUT.value:
+      files.write_json(_OUT.value, results)
+  elif _MODE.value in ('toy', 'ablation'):
     try:
       seeds = [int(s) for s in _SEEDS.value]
     except ValueError:

@@ -33,6 +33,8 @@ PROMPT = 'a snowman'  # The one prompt with a Janus check.
 def _tiny_config():
   config = tiny.get_config()
   config.num_steps = 2
+  # A constant background, so that textureless renders are grey throughout.
+  config.nerf.background = 'constant'
   config.log.preview_every_steps = 0
   return config
 

@@ -197,8 +197,9 @@ def test_train_step_with_occupancy_updates_the_grid():
   config.render.sampler = 'occupancy'
   config.render.occupancy_resolution = 16
   config.render.occupancy_update_every = 2
-  # Only the density blob's core is occupied at the start.
-  config.render.occupancy_threshold = 20.0
+  # Only the density blob's core (softplus of 10 (1 - r / 0.5), above 5
+  # inside r = 0.25) is occupied at the start.
+  config.render.occupancy_threshold = 5.0
   mesh = train_step.make_mesh()
   model = field.make_model(config)
   tx = train_step.make_optimizer(config)

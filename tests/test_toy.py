@@ -259,9 +259,23 @@ def test_view_cameras_fall_in_their_bins():
 
 def test_camera_ranges_without_a_view_are_a_user_error():
   config = default.get_config()
-  config.camera.elevation_range = (-10.0, 45.0)  # Never overhead.
-  with pytest.raises(errors.UserError, match='overhead'):
+  config.camera.azimuth_range = (-30.0, 30.0)  # Never side or back.
+  with pytest.raises(errors.UserError, match='side or back'):
     exact_prior.sample_view_cameras(jax.random.key(0), config.camera, 2)
+
+
+def test_overhead_photographs_come_from_above_a_low_camera_range():
+  """Training never looks from above 45 degrees; the prior still has
+  overhead photographs (for its unconditional set), taken from above 60."""
+  config = default.get_config()
+  config.camera.elevation_range = (-10.0, 45.0)
+  cams, views = exact_prior.sample_view_cameras(jax.random.key(0),
+                                                config.camera, 8)
+  elevation = np.asarray(cams.elevation)
+  overhead = views == prior_lib.VIEWS.index('overhead')
+  assert overhead.sum() == 8
+  assert np.all(elevation[overhead] > 60.0)
+  assert np.all(elevation[~overhead] <= 45.0 + 1e-4)
 
 
 def test_image_set_layout_and_determinism(toy):
@@ -359,19 +373,28 @@ def test_posterior_mean_at_middle_t_matches_float64(toy):
   d2 = sq[:, None] + sq[None] - 2.0 * x @ x.T
   d2[groups[:, None] == groups[None]] = np.inf
   i, j = np.unravel_index(np.argmin(d2), d2.shape)
-  t = 500
+
+  def posterior(t):
+    abar = float(prior.alphas_cumprod[t])
+    # The reference starts from the float32 z_t the prior gets.
+    z = np.float32(np.sqrt(abar) * (0.6 * x[i] + 0.4 * x[j])).astype(
+        np.float64)
+    want, weights = [], []
+    for members in (np.ones_like(groups, bool), groups == groups[i]):
+      logits = np.where(members, -np.sum((z - np.sqrt(abar) * x)**2, axis=-1)
+                        / (2.0 * (1.0 - abar)), -np.inf)
+      p = np.exp(logits - logits.max())
+      p /= p.sum()
+      want.append((p @ x).reshape(images.shape[1:]))
+      weights.append(p)
+    return z, want, weights
+
+  # The first t from the middle up where the union's posterior mixes the two.
+  for t in (500, 600, 700, 800, 900):
+    z, want, weights = posterior(t)
+    if weights[0][j] > 0.05:
+      break
   abar = float(prior.alphas_cumprod[t])
-  # The reference starts from the float32 z_t the prior gets.
-  z = np.float32(np.sqrt(abar) * (0.6 * x[i] + 0.4 * x[j])).astype(
-      np.float64)
-  want, weights = [], []
-  for members in (np.ones_like(groups, bool), groups == groups[i]):
-    logits = np.where(members, -np.sum((z - np.sqrt(abar) * x)**2, axis=-1)
-                      / (2.0 * (1.0 - abar)), -np.inf)
-    p = np.exp(logits - logits.max())
-    p /= p.sum()
-    want.append((p @ x).reshape(images.shape[1:]))
-    weights.append(p)
   # The union's posterior is a real mixture; the group's excludes x_j.
   assert 0.05 < weights[0][j] < weights[0][i] < 0.95, weights[0][[i, j]]
   assert weights[1][j] == 0.0

@@ -46,6 +46,7 @@ def test_each_view_is_guided_by_the_prompt_of_its_own_camera():
   config.shading.lit_prob = 0.0
   config.loss.orientation_weight_start = 0.0
   config.loss.orientation_weight_end = 0.0
+  config.camera.elevation_range = (-10.0, 90.0)  # Overhead views too.
   model = field.make_model(config)
   params = field.init_params(jax.random.key(0), model)
   keys = jax.random.split(jax.random.key(1), 16)
