@@ -107,3 +107,50 @@ def test_paper_config_values():
   ramp_steps = config.loss.orientation_ramp_fraction * config.num_steps
   assert ramp_steps == pytest.approx(5000)
   assert config.camera == default.get_config().camera
+
+
+# Keys where configs/toy.py may differ from configs/dreamfusion_sd.py: what
+# the exact prior needs instead of Stable Diffusion, and what a 2-core CPU
+# needs (README, "The toy world runs the Stable Diffusion recipe").
+TOY_DIFFERS = {
+    # The exact prior.
+    'prompt', 'guidance.model', 'guidance.scale', 'guidance.t_max_end',
+    'toy.background_color', 'loss.orientation_weight_start',
+    'loss.orientation_weight_end', 'loss.opacity_weight',
+    'camera.distance_range', 'camera.focal_range', 'camera.eval_distance',
+    # The CPU.
+    'num_steps', 'shading.albedo_steps', 'nerf.hash_level_start_step',
+    'nerf.hash_level_every_steps', 'render.resolution', 'render.num_samples',
+    'render.occupancy_samples', 'render.occupancy_resolution',
+    'nerf.hash_log2_table_size', 'nerf.hash_max_resolution',
+    'nerf.hash_mlp_width', 'log.preview_every_steps',
+    'log.preview_resolution', 'checkpoint.every_steps', 'export.num_frames',
+    'export.resolution', 'export.mesh_resolution', 'export.texture_size',
+}
+
+
+def _flat_values(config, prefix=''):
+  values = {}
+  for key, value in config.items():
+    if hasattr(value, 'items'):
+      values.update(_flat_values(value, f'{prefix}{key}.'))
+    else:
+      values[f'{prefix}{key}'] = value
+  return values
+
+
+def test_toy_config_is_the_stable_diffusion_recipe():
+  """One recipe: shading, background, regularisers and optimiser are SD's."""
+  sd = _flat_values(_load(ROOT / 'configs' / 'dreamfusion_sd.py').get_config())
+  toy = _flat_values(_load(ROOT / 'configs' / 'toy.py').get_config())
+  differs = {k for k in sd if sd[k] != toy[k]}
+  assert differs <= TOY_DIFFERS, sorted(differs - TOY_DIFFERS)
+  # Scaled, not retuned: step counts by num_steps, regularisers by the scale.
+  steps = toy['num_steps'] / sd['num_steps']
+  for key in ('shading.albedo_steps', 'nerf.hash_level_start_step',
+              'nerf.hash_level_every_steps'):
+    assert toy[key] == round(sd[key] * steps), key
+  ratio = toy['guidance.scale'] / sd['guidance.scale']
+  for key in ('loss.orientation_weight_start', 'loss.orientation_weight_end',
+              'loss.opacity_weight'):
+    assert toy[key] == pytest.approx(sd[key] * ratio), key
