@@ -139,6 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
   toy.images_per_view = 100  # Prior images per (prompt, view) group.
   toy.background_color = (1.0, 1.0, 1.0)  # Background of the prior images.
   toy.lit_prob = 1.0  # Share of prior images lit: photographs are.
+  # Share of the lit images that are untextured (white albedo, as clay
+  # renders); 0: every photograph shows the object's colours.
+  toy.textureless_prob = 0.0
   toy.supersample = 2  # s x s sub-pixel rays per prior-image pixel (AA).
   toy.num_timesteps = 1000  # Discrete diffusion steps of the toy schedule.
   toy.beta_start = 0.00085  # Scaled-linear schedule, as Stable Diffusion's.

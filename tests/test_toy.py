@@ -653,3 +653,25 @@ def test_normal_angle_leaves_out_creases():
   def cube_density(p):
     return jnp.exp(-20.0 * (jnp.max(jnp.abs(p), axis=-1) - 0.4))
   assert metrics.normal_angle('a red cube', cube_density) < 0.5
+
+
+def test_untextured_photographs():
+  """toy.textureless_prob = 1: every lit photograph is white-albedo (grey
+  shades on the object, r = g = b), and 0 leaves the image set as it was."""
+  config = _toy_config()
+  config.toy.images_per_view = 1
+  config.toy.background_color = (0.5, 0.5, 0.5)
+  plain, groups = exact_prior.render_image_set(config)
+  config.toy.textureless_prob = 0.0
+  np.testing.assert_array_equal(exact_prior.render_image_set(config)[0], plain)
+  config.toy.textureless_prob = 1.0
+  clay, _ = exact_prior.render_image_set(config)
+  cube = groups // exact_prior.NUM_VIEWS == objects.PROMPTS.index('a red cube')
+  background = np.all(np.abs(clay[cube] - 0.5) < 1e-6, axis=-1)
+  on_object = ~background
+  assert on_object.mean() > 0.05
+  pixels = clay[cube][on_object]
+  np.testing.assert_allclose(pixels[:, 0], pixels[:, 1], atol=1e-5)
+  # The textured cube is red: its photographs were not grey.
+  red = plain[cube][on_object]
+  assert np.mean(red[:, 0] - red[:, 1]) > 0.1

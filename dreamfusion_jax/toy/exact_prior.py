@@ -96,6 +96,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
         'toy.images_per_view and toy.supersample must be >= 1 and '
         f'toy.num_timesteps >= 2; got {t.images_per_view}, {t.supersample} '
         f'and {t.num_timesteps}.')
+  if not 0.0 <= t.textureless_prob <= 1.0:
+    raise errors.UserError(
+        f'toy.textureless_prob = {t.textureless_prob} must lie in [0, 1] '
+        '(the share of lit photographs that are untextured).')
   if not 0.0 < t.beta_start < t.beta_end < 1.0:
     raise errors.UserError(
         f'toy.beta_start = {t.beta_start} and toy.beta_end = {t.beta_end} '
@@ -218,10 +222,14 @@ def render_image_set(config: ml_collections.ConfigDict
     k_cam, k_shade = jax.random.split(jax.random.fold_in(base_key, p))
     cams, views = sample_view_cameras(k_cam, config.camera, per_view)
     lit = jax.random.uniform(k_shade, (num,)) < config.toy.lit_prob
+    # Untextured photographs (clay renders, plaster casts), among the lit.
+    k_tex = jax.random.fold_in(k_shade, 1)
+    textureless = lit & (jax.random.uniform(k_tex, (num,)) <
+                         config.toy.textureless_prob)
     shade = shading_lib.ShadingParams(
         ambient=jnp.where(lit, config.shading.ambient, 1.0),
         diffuse=jnp.where(lit, config.shading.diffuse, 0.0),
-        textureless=jnp.zeros((num,)))
+        textureless=textureless.astype(jnp.float32))
     chunk = min(_CHUNK, num)
     for start in range(0, num, chunk):
       # Pad the last chunk (by wrapping around) so one compilation serves all.
