@@ -23,6 +23,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_steps = 10000  # Optimisation steps.
   config.batch_per_device = 1  # Views rendered per device per step.
   config.multihost = False  # Call jax.distributed.initialize() first.
+  # Many objects in one run (prompts x seeds, trained together; one folder
+  # per object under --workdir). Any of the three set makes a batch run.
+  config.prompts = ()  # Prompts of a batch run; prompt is then unused.
+  config.prompts_file = ''  # A file of prompts, one per line (adds to above).
+  config.seeds = ()  # Seeds of every prompt in a batch run; () = (seed,).
 
   # Camera and light sampling (paper appendix A.2). Angles in degrees.
   config.camera = camera = ml_collections.ConfigDict()

@@ -10,6 +10,10 @@ step never knows which one it has. This dispatcher sits above both, so that
 neither imports the other.
 """
 
+from typing import Sequence, Tuple
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from dreamfusion_jax import guidance
@@ -45,3 +49,41 @@ def load_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
       revision=config.guidance.revision,
       dtype=config.guidance.dtype,
       allow_pickle=config.guidance.allow_pickle)
+
+
+def load_object_prior(configs: Sequence[ml_collections.ConfigDict]
+                      ) -> Tuple[prior_lib.Prior, prior_lib.Prior]:
+  """One prior for several objects (one config each, differing in prompt).
+
+  Returns:
+    (prior, axes). `axes` has the prior's structure with 0 where a leaf has
+    a leading object axis and None where it is shared: the vmap in_axes of
+    `train_step.make_object_train_step`. Stable Diffusion loads its weights
+    once and encodes every object's prompts in one call, so only its
+    embeddings are per object; the toy prior's image sets are per object.
+  """
+  config = configs[0]
+  if config.guidance.model == 'toy':
+    per_object = [exact_prior.make_toy_prior(c) for c in configs]
+    prior = jax.tree.map(lambda *xs: jnp.stack(xs), *per_object)
+    return prior, jax.tree.map(lambda _: 0, prior)
+  # pylint: disable-next=g-import-not-at-top
+  from dreamfusion_jax.guidance import stable_diffusion
+  prior = stable_diffusion.load_batch(
+      config.guidance.model,
+      [(guidance.view_prompts(c.prompt, c.guidance.view_prompts),
+        c.negative_prompt,
+        guidance.negative_view_prompts(c.prompt, c.negative_prompt))
+       for c in configs],
+      revision=config.guidance.revision, dtype=config.guidance.dtype,
+      allow_pickle=config.guidance.allow_pickle)
+  return prior, object_axes(prior, stable_diffusion.EMBEDDINGS)
+
+
+def object_axes(prior: prior_lib.Prior, per_object: Sequence[str]
+                ) -> prior_lib.Prior:
+  """vmap in_axes of a batched prior: 0 for the fields named in
+  `per_object` (each a leading object axis), None for every other leaf."""
+  axes = jax.tree.map(lambda _: None, prior)
+  return axes.replace(**{name: 0 for name in per_object
+                         if getattr(prior, name) is not None})

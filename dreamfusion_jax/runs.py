@@ -59,7 +59,7 @@ def prepare_workdir(config: ml_collections.ConfigDict, workdir: str) -> None:
   path = os.path.join(workdir, CONFIG_FILE)
   if os.path.exists(path):
     with open(path) as f:
-      old = json.load(f)
+      old = _with_added_keys(json.load(f))
     a, b = _flatten(old), _flatten(new)
     for key in sorted(set(a) | set(b)):
       if key.startswith(_RESUMABLE_CHANGES):
@@ -86,7 +86,21 @@ _ADDED_KEYS = {
     'loss': {'orientation_normalize': 'rays',
              'orientation_ramp_shape': 'geometric'},
     'optim': {'background_lr_multiplier': 1.0},
+    # A run of one object.
+    'prompts': [], 'prompts_file': '', 'seeds': [],
 }
+
+
+def _with_added_keys(values: dict) -> dict:
+  """A config.json's values with `_ADDED_KEYS` filled in where missing."""
+  values = dict(values)
+  for key, added in _ADDED_KEYS.items():
+    if isinstance(added, dict):
+      if key in values:
+        values[key] = {**added, **values[key]}
+    else:
+      values.setdefault(key, added)
+  return values
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -98,16 +112,14 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         'run.')
   with open(path) as f:
     values = json.load(f)
-  for group, added in _ADDED_KEYS.items():
-    if group in values:
-      values[group] = {**added, **values[group]}
-  return ml_collections.ConfigDict(values)
+  return ml_collections.ConfigDict(_with_added_keys(values))
 
 
 def workdirs_under(root: str) -> List[str]:
-  """The sorted subfolders of `root` that hold a config.json (trained runs)."""
-  found = sorted(str(p.parent)
-                 for p in pathlib.Path(root).glob(f'*/{CONFIG_FILE}'))
+  """The sorted folders below `root` that hold a config.json (trained runs):
+  ROOT/<run>/ or a batch run's ROOT/<prompt>/seed_<seed>/."""
+  found = sorted(str(p.parent) for pattern in ('*', '*/*')
+                 for p in pathlib.Path(root).glob(f'{pattern}/{CONFIG_FILE}'))
   if not found:
     raise errors.UserError(
         f'No workdirs (folders with a config.json) under {str(root)!r}; pass '

@@ -64,7 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   priors.validate(config)
 
 
-def _format_eta(seconds: float) -> str:
+def format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
@@ -156,7 +156,7 @@ def train_and_export(config: ml_collections.ConfigDict,
         logging.info(
             'step %d/%d  loss %.4g  sds %.4g  %.2f steps/s  ETA %s', step,
             num_steps, metrics['train/loss'], metrics['train/sds'], rate,
-            _format_eta((num_steps - step) / max(rate, 1e-9)))
+            format_eta((num_steps - step) / max(rate, 1e-9)))
         if writer is not None:
           for name, value in metrics.items():
             writer.add_scalar(name, float(value), step)
@@ -174,7 +174,7 @@ def train_and_export(config: ml_collections.ConfigDict,
           (step % config.log.preview_every_steps == 0 or last)):
         grid = preview_grid(
             model, field.active_params(state.params, step, config), config)
-        _write_preview(grid, workdir, step)
+        write_preview(grid, workdir, step)
         writer.add_image('render/preview', grid, step, dataformats='HWC')
       if step % config.checkpoint.every_steps == 0 or last:
         ckpt.save(step, state)
@@ -197,6 +197,6 @@ def train_and_export(config: ml_collections.ConfigDict,
   return state
 
 
-def _write_preview(grid: np.ndarray, workdir: str, step: int) -> None:
+def write_preview(grid: np.ndarray, workdir: str, step: int) -> None:
   images.write_png(grid, os.path.join(workdir, 'previews',
                                       f'step_{step:07d}.png'))

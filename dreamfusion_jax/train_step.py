@@ -238,18 +238,28 @@ def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
   return total, metrics
 
 
-def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
-  """Builds `train_step(state, prior, base_key) -> (state, metrics)`, jitted.
+def _object_update(state: TrainState, prior, base_key, step, *, model, tx,
+                   config, first_view, device_mean):
+  """One object's SDS update on this device: (new state, metrics).
 
-  `state` is donated. Every input and output is replicated over the mesh;
-  inside, each device works on its own views and gradients are pmean-ed.
+  Args:
+    state: the object's TrainState.
+    prior: the frozen Prior (this object's embeddings).
+    base_key: the object's base key.
+    step: scalar int, the step all objects are at (unbatched, so that the
+      occupancy update's `cond` stays a branch under vmap).
+    first_view: global index of this device's first view.
+    device_mean: averages a pytree over the devices that share the object
+      (`lax.pmean`), or the identity when one device holds all its views.
   """
   batch = config.batch_per_device
-  lr = schedules.learning_rate(config.optim, config.num_steps)
   r = config.render
+  step_key = jax.random.fold_in(base_key, step)
+  keys = jax.vmap(lambda i: jax.random.fold_in(step_key, first_view + i))(
+      jnp.arange(batch))
 
-  def update_grid(state, step_key):
-    """The occupancy grid this step samples from, updated when due."""
+  grid, occupied = state.occupancy, None
+  if r.sampler == 'occupancy':
     def density_fn(points):
       return model.apply(state.params, points,
                          method=model.density_and_albedo)[0]
@@ -261,60 +271,105 @@ def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
                               r.occupancy_decay,
                               r.field_chunk or numerics.DEFAULT_CHUNK)
 
-    due = state.step % r.occupancy_update_every == 0
-    return jax.lax.cond(due, update, lambda grid: grid, state.occupancy)
-
-  def per_device(state: TrainState, prior, base_key):
-    step_key = jax.random.fold_in(base_key, state.step)
-    first = jax.lax.axis_index(AXIS) * batch
-    keys = jax.vmap(lambda i: jax.random.fold_in(step_key, first + i))(
-        jnp.arange(batch))
-
-    grid, occupied = state.occupancy, None
-    if r.sampler == 'occupancy':
-      grid = update_grid(state, step_key)
-      occupied = occupancy.occupied(grid, r.occupancy_threshold)
-    loss_fn = functools.partial(batch_loss, prior=prior, keys=keys,
-                                step=state.step, model=model, config=config,
-                                occupied=occupied)
-    # A progressive hash grid's later levels give nothing and learn nothing.
-    active = functools.partial(field.active_params, step=state.step,
-                               config=config)
+    due = step % r.occupancy_update_every == 0
+    grid = jax.lax.cond(due, update, lambda grid: grid, state.occupancy)
+    occupied = occupancy.occupied(grid, r.occupancy_threshold)
+  loss_fn = functools.partial(batch_loss, prior=prior, keys=keys, step=step,
+                              model=model, config=config, occupied=occupied)
+  # A progressive hash grid's later levels give nothing and learn nothing.
+  active = functools.partial(field.active_params, step=step, config=config)
+  params = state.params
+  if device_mean is not None:
     # The params are replicated (the same on every device); the gradient of
     # a replicated input of shard_map is already summed over the devices.
     # Marked as varying, they get this device's own gradient instead, which
     # pmean then averages.
-    params = jax.lax.pcast(state.params, AXIS, to='varying')
-    grads, metrics = jax.grad(lambda p: loss_fn(active(p)), has_aux=True)(
-        params)
-    grads = jax.lax.pmean(grads, AXIS)
-    metrics = jax.lax.pmean(metrics, AXIS)
+    params = jax.lax.pcast(params, AXIS, to='varying')
+  grads, metrics = jax.grad(lambda p: loss_fn(active(p)), has_aux=True)(
+      params)
+  if device_mean is not None:
+    grads, metrics = device_mean(grads), device_mean(metrics)
 
-    finite = jnp.isfinite(metrics['train/loss']) & jnp.all(jnp.array(
-        [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-    # Zero non-finite gradients before the update so optimiser moments never
-    # see NaN; the update is then discarded anyway.
-    safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
-    updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jnp.where(finite, new, old)
-    new_state = TrainState(
-        step=state.step + 1,
-        params=jax.tree.map(keep, params, state.params),
-        opt_state=jax.tree.map(keep, opt_state, state.opt_state),
-        bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
-        skipped=state.skipped + jnp.where(finite, 0, 1),
-        occupancy=grid)
-    if occupied is not None:
-      metrics['render/occupied_fraction'] = jnp.mean(
-          occupied.astype(jnp.float32))
-    metrics['train/grad_norm'] = optax.global_norm(grads)
-    metrics['train/finite'] = finite.astype(jnp.float32)
-    metrics['schedule/learning_rate'] = lr(state.step)
-    return new_state, metrics
+  finite = jnp.isfinite(metrics['train/loss']) & jnp.all(jnp.array(
+      [jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  # Zero non-finite gradients before the update so optimiser moments never
+  # see NaN; the update is then discarded anyway.
+  safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+  updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jnp.where(finite, new, old)
+  new_state = TrainState(
+      step=state.step + 1,
+      params=jax.tree.map(keep, params, state.params),
+      opt_state=jax.tree.map(keep, opt_state, state.opt_state),
+      bad_steps=jnp.where(finite, 0, state.bad_steps + 1),
+      skipped=state.skipped + jnp.where(finite, 0, 1),
+      occupancy=grid)
+  if occupied is not None:
+    metrics['render/occupied_fraction'] = jnp.mean(
+        occupied.astype(jnp.float32))
+  metrics['train/grad_norm'] = optax.global_norm(grads)
+  metrics['train/finite'] = finite.astype(jnp.float32)
+  metrics['schedule/learning_rate'] = schedules.learning_rate(
+      config.optim, config.num_steps)(step)
+  return new_state, metrics
+
+
+def make_train_step(config: ml_collections.ConfigDict, model, tx, mesh):
+  """Builds `train_step(state, prior, base_key) -> (state, metrics)`, jitted.
+
+  `state` is donated. Every input and output is replicated over the mesh;
+  inside, each device works on its own views and gradients are pmean-ed.
+  """
+  def per_device(state: TrainState, prior, base_key):
+    first = jax.lax.axis_index(AXIS) * config.batch_per_device
+    return _object_update(state, prior, base_key, state.step, model=model,
+                          tx=tx, config=config, first_view=first,
+                          device_mean=lambda x: jax.lax.pmean(x, AXIS))
 
   sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(), P()),
                           out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=(0,))
+
+
+def object_specs(prior_axes):
+  """shard_map specs of a batched prior: object-axis leaves split over the
+  mesh, shared leaves (None in `prior_axes`) replicated."""
+  return jax.tree.map(lambda a: P() if a is None else P(AXIS), prior_axes,
+                      is_leaf=lambda a: a is None)
+
+
+def make_object_train_step(config: ml_collections.ConfigDict, model, tx,
+                           mesh, prior_axes):
+  """Builds the step of O objects trained together, jitted:
+
+    step(states, prior, base_keys) -> (states, metrics)
+
+  `states` and `base_keys` have a leading object axis of length O, split
+  over the mesh's devices (O a multiple of the device count); `prior` is a
+  batched prior whose leaves marked 0 in `prior_axes` (embeddings, the toy
+  prior's images) have that axis too and whose others (network weights) are
+  shared. On a device, its objects are vmapped: every object renders its own
+  `batch_per_device` views and one batched prior call per step serves them
+  all. An object's views live on one device and use view indices
+  0..batch_per_device-1, so each object follows the single run of its
+  prompt and seed on one device. `states` is donated; `metrics` are [O].
+  """
+  def one_object(state, prior, base_key, step):
+    return _object_update(state, prior, base_key, step, model=model, tx=tx,
+                          config=config, first_view=0, device_mean=None)
+
+  def per_device(states, prior, base_keys):
+    # Every object is at the same step; an unbatched step keeps the
+    # occupancy update a branch instead of a select of both sides.
+    step = states.step[0]
+    return jax.vmap(one_object, in_axes=(0, prior_axes, 0, None))(
+        states, prior, base_keys, step)
+
+  sharded = jax.shard_map(
+      per_device, mesh=mesh,
+      in_specs=(P(AXIS), object_specs(prior_axes), P(AXIS)),
+      out_specs=(P(AXIS), P(AXIS)))
   return jax.jit(sharded, donate_argnums=(0,))
 
 

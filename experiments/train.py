@@ -4,6 +4,15 @@ r"""Text to 3D: trains a NeRF for a prompt with Score Distillation Sampling.
   python experiments/train.py --config=configs/dreamfusion_sd.py \
       --workdir=/tmp/corgi --config.prompt="a DSLR photo of a corgi"
 
+Several objects (prompts x seeds) train together in one program, each in
+its own folder <workdir>/<prompt>/seed_<seed>:
+
+  python experiments/train.py --config=configs/toy.py --workdir=/tmp/batch \
+      --config.prompts="('a red cube','a blue sphere')" \
+      --config.seeds="(0,1,2)"
+  python experiments/train.py --config=configs/dreamfusion_sd.py \
+      --workdir=/tmp/assets --config.prompts_file=prompts.txt
+
 Any config field can be overridden with --config.<field>=<value>. Running the
 same command again resumes from the newest checkpoint in --workdir.
 """
@@ -31,8 +40,15 @@ def main(argv):
   del argv
   config = _CONFIG.value
   launch.maybe_initialize_distributed(config)
-  from dreamfusion_jax import train  # pylint: disable=g-import-not-at-top
-  train.train_and_export(config, _WORKDIR.value)
+  # pylint: disable=g-import-not-at-top
+  from dreamfusion_jax import object_batch
+  from dreamfusion_jax import train
+  from dreamfusion_jax import train_objects
+  # pylint: enable=g-import-not-at-top
+  if object_batch.is_batch(config):
+    train_objects.train_batch(config, _WORKDIR.value)
+  else:
+    train.train_and_export(config, _WORKDIR.value)
   logging.info('Done: %s', _WORKDIR.value)
 
 

@@ -17,6 +17,8 @@ FLOORS = {
     # Ground: no project imports but these.
     'errors': 0, 'numerics': 0, 'files': 0, 'schedules': 0, 'losses': 0,
     'checkpoint': 0, 'launch': 0, 'images': 0,
+    # Which objects a batch run trains and their folders (configs only).
+    'object_batch': 0,
     # The occupancy grid of the renderer's samples.
     'occupancy': 0.5,
     # 1: cameras, shading, the field; meshes of any field.
@@ -35,8 +37,8 @@ FLOORS = {
     'priors': 3, 'train_step': 3, 'export': 3,
     # 3.5: the run folder (reads train states).
     'runs': 3.5,
-    # 4: the loop.
-    'train': 4,
+    # 4: the loop; the loop of many objects.
+    'train': 4, 'train_objects': 4.5,
     # 5: evaluation, which trains and reads runs.
     'evaluation': 5, 'evaluation.clip_model': 5,
     'evaluation.clip_r_precision': 5, 'evaluation.toy_sweep': 5,

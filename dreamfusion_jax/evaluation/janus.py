@@ -98,7 +98,8 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
   """Trains (or reuses) and classifies one snowman per (setting, method, seed).
 
   Runs live in ROOT/<setting>/<method>/seed_<seed>; complete ones are
-  reused (toy_sweep.train_or_reuse). Results are also written to
+  reused, and the seeds of a (setting, method) still to train train
+  together (toy_sweep.train_or_reuse_many). Results are also written to
   ROOT/janus_results.json.
 
   Args:
@@ -127,11 +128,12 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
   runs = []
   for name, setting in settings.items():
     for method in methods:
-      for seed in seeds:
-        cfg = run_config(config, method, setting, seed)
-        workdir = os.path.join(os.fspath(root), _slug(name), method,
-                               f'seed_{seed}')
-        timing = toy_sweep.train_or_reuse(cfg, workdir, export=False)
+      # The seeds of a (setting, method) train together as one batch.
+      jobs = [(run_config(config, method, setting, seed),
+               os.path.join(os.fspath(root), _slug(name), method,
+                            f'seed_{seed}')) for seed in seeds]
+      timings = toy_sweep.train_or_reuse_many(jobs, export=False)
+      for seed, (_, workdir), timing in zip(seeds, jobs, timings):
         _, model, params, _ = runs_lib.load_trained(workdir)
         density_fn, albedo_fn = field.point_functions(model, params)
         check = toy_metrics.janus_check(density_fn, albedo_fn, threshold)

@@ -12,15 +12,17 @@ import copy
 import json
 import os
 import time
-from typing import Dict, Sequence, Union
+from typing import Dict, List, Sequence, Tuple, Union
 
 import ml_collections
 import numpy as np
 
 from dreamfusion_jax import errors
 from dreamfusion_jax import files
+from dreamfusion_jax import object_batch
 from dreamfusion_jax import runs
 from dreamfusion_jax import train
+from dreamfusion_jax import train_objects
 from dreamfusion_jax.nerf import field
 from dreamfusion_jax.toy import metrics as toy_metrics
 from dreamfusion_jax.toy import objects as toy_objects
@@ -36,9 +38,8 @@ SNOWMAN = 'a snowman'
 
 
 def toy_workdir(root: PathLike, prompt: str, seed: int) -> str:
-  """ROOT/<prompt with spaces as _>/seed_<seed>."""
-  return os.path.join(os.fspath(root), prompt.replace(' ', '_'),
-                      f'seed_{seed}')
+  """ROOT/<prompt with spaces as _>/seed_<seed>: a batch run's layout."""
+  return object_batch.object_workdir(os.fspath(root), prompt, seed)
 
 
 def _read_json(path: str) -> Dict:
@@ -49,37 +50,60 @@ def _read_json(path: str) -> Dict:
 
 
 def train_or_reuse(config: ml_collections.ConfigDict, workdir: str,
-                    export: bool) -> Dict:
-  """Trains the run in `workdir` unless it is complete; returns its timing.
+                   export: bool) -> Dict:
+  """`train_or_reuse_many` of one run."""
+  return train_or_reuse_many([(config, workdir)], export)[0]
 
-  A complete run is not touched (its config must still match); a partial one
-  resumes and its time adds to the time stored before. The stored time is
-  the wall time of `train.train_and_export` (prior loading and compilation
-  included), so a re-evaluation reports the time the run took to train.
+
+def train_or_reuse_many(jobs: Sequence[Tuple[ml_collections.ConfigDict, str]],
+                        export: bool) -> List[Dict]:
+  """Trains the runs (config, workdir) that are not complete, as one batch.
+
+  A complete run is not touched (its config must still match). The others
+  (and, with `export`, the complete ones, which then only export) train
+  together in one program (`train_objects`): their configs may differ only
+  in prompt and seed. A partial run resumes. Each trained run stores its
+  share of the batch's wall time (prior loading and compilation included):
+  the batch's seconds divided by its objects, added to what it stored
+  before; 'batch_objects' says how many shared it.
 
   Returns:
-    {'train_seconds': total training time (0 when unknown: trained
-    elsewhere), 'trained_now': bool, 'step': final step}.
+    Per job: {'train_seconds': its training time (0 when unknown: trained
+    elsewhere), 'batch_objects': objects it trained with (0 when unknown),
+    'trained_now': bool, 'step': final step}.
   """
-  eval_path = os.path.join(workdir, EVAL_FILE)
-  stored = _read_json(eval_path)
-  done = runs.latest_step(workdir)
-  complete = done is not None and done >= config.num_steps
-  if complete and not export:
-    train.validate_config(config)
-    runs.prepare_workdir(config, workdir)  # Refuses another config's run.
-    seconds, trained_now = 0.0, False
-  else:
+  complete = []
+  for config, workdir in jobs:
+    done = runs.latest_step(workdir)
+    complete.append(done is not None and done >= config.num_steps)
+  todo = [(c, w) for (c, w), full in zip(jobs, complete)
+          if export or not full]
+  for (config, workdir), full in zip(jobs, complete):
+    if full and not export:
+      train.validate_config(config)
+      runs.prepare_workdir(config, workdir)  # Refuses another config's run.
+  if todo:
     t0 = time.time()
-    train.train_and_export(config, workdir)
-    seconds, trained_now = time.time() - t0, not complete
-  if trained_now:
-    total = stored.get('train_seconds', 0.0) + seconds
-    stored = {'train_seconds': total, 'num_steps': config.num_steps}
-    files.write_json(eval_path, stored)
-  return {'train_seconds': float(stored.get('train_seconds', 0.0)),
-          'trained_now': trained_now,
-          'step': int(runs.latest_step(workdir))}
+    if len(todo) == 1:
+      train.train_and_export(todo[0][0], todo[0][1])
+    else:
+      train_objects.train_objects(
+          [object_batch.ObjectRun(c, w) for c, w in todo])
+    share = (time.time() - t0) / len(todo)
+  results = []
+  for (config, workdir), full in zip(jobs, complete):
+    eval_path = os.path.join(workdir, EVAL_FILE)
+    stored = _read_json(eval_path)
+    trained_now = not full
+    if trained_now:
+      stored = {'train_seconds': stored.get('train_seconds', 0.0) + share,
+                'num_steps': config.num_steps, 'batch_objects': len(todo)}
+      files.write_json(eval_path, stored)
+    results.append({'train_seconds': float(stored.get('train_seconds', 0.0)),
+                    'batch_objects': int(stored.get('batch_objects', 0)),
+                    'trained_now': trained_now,
+                    'step': int(runs.latest_step(workdir))})
+  return results
 
 
 def score_toy_run(workdir: PathLike, prompt: str, threshold: float,
@@ -160,18 +184,18 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
     raise errors.UserError('Pass at least one toy prompt and one seed.')
   for prompt in prompts:
     toy_objects.check_prompt(prompt)
+  config = copy.deepcopy(config)
+  config.export.at_end = bool(export)
+  pairs = [(prompt, int(seed)) for prompt in prompts for seed in seeds]
+  jobs = [(object_batch.single_config(config, prompt, seed),
+           toy_workdir(root, prompt, seed)) for prompt, seed in pairs]
+  # The runs still to train, trained together as one batch.
+  timings = train_or_reuse_many(jobs, export)
   runs = []
-  for prompt in prompts:
-    for seed in seeds:
-      run_config = copy.deepcopy(config)
-      run_config.prompt = prompt
-      run_config.seed = int(seed)
-      run_config.export.at_end = bool(export)
-      workdir = toy_workdir(root, prompt, seed)
-      timing = train_or_reuse(run_config, workdir, export)
-      scores = score_toy_run(workdir, prompt, threshold)
-      runs.append({'prompt': prompt, 'seed': int(seed), 'workdir': workdir,
-                   **timing, **scores})
+  for (prompt, seed), (_, workdir), timing in zip(pairs, jobs, timings):
+    scores = score_toy_run(workdir, prompt, threshold)
+    runs.append({'prompt': prompt, 'seed': seed, 'workdir': workdir,
+                 **timing, **scores})
   results = {
       'threshold': float(threshold),
       'iou_resolution': IOU_RESOLUTION,

@@ -392,9 +392,42 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
   Returns:
     The prior, with params on the default device.
   """
-  if len(view_prompts) != len(prior_lib.VIEWS):
-    raise ValueError(f'Need {len(prior_lib.VIEWS)} view prompts, got '
-                     f'{len(view_prompts)}.')
+  batched = load_batch(model, [(view_prompts, negative_prompt,
+                                negative_view_prompts)], revision=revision,
+                       dtype=dtype, allow_pickle=allow_pickle)
+  return batched.replace(**{name: getattr(batched, name)[0]
+                            for name in EMBEDDINGS
+                            if getattr(batched, name) is not None})
+
+
+# The Prior fields that hold text embeddings: one per object in a batch.
+EMBEDDINGS = ('view_embeddings', 'uncond_embedding',
+              'negative_view_embeddings')
+
+
+def load_batch(model: str, prompt_sets: Sequence[Tuple[Sequence[str], str,
+                                                       Sequence[str]]],
+               *, revision: str = '', dtype: str = 'auto',
+               allow_pickle: bool = False) -> prior_lib.Prior:
+  """`load` for several objects: one set of weights, embeddings per object.
+
+  Args:
+    model, revision, dtype, allow_pickle: as in `load`.
+    prompt_sets: per object, (view_prompts, negative_prompt,
+      negative_view_prompts) as `load` takes them; every object has
+      negative view prompts or none does.
+
+  Returns:
+    A prior whose `EMBEDDINGS` fields have a leading object axis and whose
+    weights are shared (vmap it with in_axes 0 for those fields only).
+  """
+  for view_prompts, _, negatives in prompt_sets:
+    if len(view_prompts) != len(prior_lib.VIEWS):
+      raise ValueError(f'Need {len(prior_lib.VIEWS)} view prompts, got '
+                       f'{len(view_prompts)}.')
+    if bool(negatives) != bool(prompt_sets[0][2]):
+      raise ValueError('Either every object has negative view prompts or '
+                       'none has.')
   compute_dtype = resolve_dtype(dtype)
   folder = weight_files.fetch(model, revision, allow_pickle,
                               half=compute_dtype != jnp.float32)
@@ -414,8 +447,11 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
         _read_pickle(path, allow_pickle, check_only=True)
 
   # Text first, so the encoder is gone before the UNet is loaded.
-  embeddings = encode_prompts(folder, list(view_prompts) + [negative_prompt]
-                              + list(negative_view_prompts), allow_pickle)
+  texts = [list(views) + [negative] + list(negatives)
+           for views, negative, negatives in prompt_sets]
+  embeddings = encode_prompts(folder, sum(texts, []), allow_pickle)
+  embeddings = embeddings.reshape((len(texts), len(texts[0])) +
+                                  embeddings.shape[1:])
   views = len(prior_lib.VIEWS)
   unet, unet_params = load_unet(folder, compute_dtype, allow_pickle)
   vae = vae_params = None
@@ -432,9 +468,9 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
         'channels; a pixel-space model takes 3.')
   return make_prior(
       unet, unet_params, vae, vae_params,
-      view_embeddings=embeddings[:views], uncond_embedding=embeddings[views],
+      view_embeddings=embeddings[:, :views],
+      uncond_embedding=embeddings[:, views],
       schedule=alphas_cumprod(scheduler),
       prediction_type=scheduler.get('prediction_type', 'epsilon'),
-      dtype=compute_dtype, negative_view_embeddings=embeddings[views + 1:]
-      if negative_view_prompts else None)
-
+      dtype=compute_dtype, negative_view_embeddings=embeddings[:, views + 1:]
+      if prompt_sets[0][2] else None)
