@@ -102,5 +102,7 @@ class HashEncoding(nn.Module):
     w = jnp.where(_CORNERS.astype(bool), frac[:, :, None, :],
                   1.0 - frac[:, :, None, :])
     w = jnp.prod(w, axis=-1)  # [P, L, 8]
-    out = jnp.sum(w[..., None] * feats, axis=-2)  # [P, L, F]
+    # A contraction, not sum(w * feats): under vmap (many objects) XLA's
+    # CPU backend ran that multiply-reduce about 10x slower.
+    out = jnp.einsum('plc,plcf->plf', w, feats)  # [P, L, F]
     return out.reshape(*batch_shape, self.num_levels * self.features)
