@@ -4,8 +4,10 @@ A `UserError` becomes one line on stderr and exit status 2, with no
 traceback: the sentence already says what is wrong and how to fix it.
 """
 
+import json
 import logging as std_logging
 import os
+import subprocess
 import sys
 
 from absl import app
@@ -75,3 +77,29 @@ def run(main) -> None:
   """`absl.app.run(main)` with UserError reported as one sentence."""
   logging.get_absl_handler().addFilter(_DropLibraryChatter())
   app.run(_main_or_exit(main), flags_parser=_parse_flags)
+
+
+# Prefix of the line a worker process prints its JSON result on.
+WORKER_RESULT = 'BENCHMARK_RESULT '
+
+
+def print_worker_result(result: dict) -> None:
+  """Prints `result` as the line `run_worker` reads back."""
+  print(WORKER_RESULT + json.dumps(result), flush=True)
+
+
+def run_worker(script: str, args, env=None):
+  """Runs `python script *args` and reads its `print_worker_result` line.
+
+  Returns:
+    (result dict, or None when the process failed or printed none; the
+    last line of its stderr, for the message).
+  """
+  proc = subprocess.run([sys.executable, os.path.abspath(script), *args],
+                        env=env, capture_output=True, text=True, check=False)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith(WORKER_RESULT)]
+  if proc.returncode == 0 and lines:
+    return json.loads(lines[-1][len(WORKER_RESULT):]), ''
+  sys.stderr.write(proc.stderr[-3000:])
+  last = (proc.stderr.strip().splitlines() or ['no output'])[-1]
+  return None, f'exit status {proc.returncode}: {last[:300]}'

@@ -23,9 +23,7 @@ peak_bytes_in_use where JAX reports it, else the process's peak RSS) and
 steps/s.
 """
 
-import json
 import os
-import subprocess
 import sys
 
 # Config files import `configs.default` from the repository root.
@@ -46,7 +44,6 @@ _WORKER = flags.DEFINE_integer(
     'worker', 0, 'Internal: time in this process with this many devices.')
 flags.mark_flags_as_required(['config'])
 
-_RESULT = 'BENCHMARK_RESULT '
 _FORCE = '--xla_force_host_platform_device_count'
 
 
@@ -162,16 +159,13 @@ def _run_worker(num_devices: int) -> dict:
          if not f.startswith(_FORCE)]
   env['XLA_FLAGS'] = ' '.join(xla + [f'{_FORCE}={num_devices}'])
   args = [a for a in sys.argv[1:] if not a.startswith('--devices')]
-  proc = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), *args,
-       f'--worker={num_devices}'], env=env, capture_output=True, text=True)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith(_RESULT)]
-  if proc.returncode != 0 or not lines:
-    sys.stderr.write(proc.stderr[-3000:])
+  result, failure = launch.run_worker(__file__,
+                                      [*args, f'--worker={num_devices}'], env)
+  if result is None:
     raise errors.UserError(
-        f'the benchmark with {num_devices} devices failed (exit status '
-        f'{proc.returncode}); its log is above.')
-  return json.loads(lines[-1][len(_RESULT):])
+        f'the benchmark with {num_devices} devices failed ({failure}); its '
+        'log is above.')
+  return result
 
 
 def format_results(rows) -> str:
@@ -198,7 +192,7 @@ def main(argv):
   del argv
   if _WORKER.value:
     result = measure(_CONFIG.value, _WORKER.value, _STEPS.value)
-    print(_RESULT + json.dumps(result), flush=True)
+    launch.print_worker_result(result)
     return
   rows = []
   for n in _DEVICES.value:
