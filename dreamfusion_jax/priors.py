@@ -64,7 +64,12 @@ def load_object_prior(configs: Sequence[ml_collections.ConfigDict]
   """
   config = configs[0]
   if config.guidance.model == 'toy':
-    per_object = [exact_prior.make_toy_prior(c) for c in configs]
+    # The image set depends on the prompt, not the seed: one per prompt.
+    by_prompt = {}
+    for c in configs:
+      if c.prompt not in by_prompt:
+        by_prompt[c.prompt] = exact_prior.make_toy_prior(c)
+    per_object = [by_prompt[c.prompt] for c in configs]
     prior = jax.tree.map(lambda *xs: jnp.stack(xs), *per_object)
     return prior, jax.tree.map(lambda _: 0, prior)
   # pylint: disable-next=g-import-not-at-top

@@ -41,6 +41,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not str(config.prompt).strip():
     raise errors.UserError(
         'prompt is empty; pass --config.prompt="a DSLR photo of ...".')
+  if not isinstance(config.seed, int) or not 0 <= config.seed < 2**32:
+    raise errors.UserError(
+        f'seed = {config.seed!r} must be an integer from 0 to 2**32 - 1.')
   for name in ('num_steps', 'batch_per_device'):
     if not isinstance(config[name], int) or config[name] <= 0:
       raise errors.UserError(

@@ -57,7 +57,7 @@ def shard_objects(tree, mesh, axes=0):
   return jax.tree.map(place, axes, tree, is_leaf=lambda a: a is None)
 
 
-def _stack(trees):
+def stack(trees):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
@@ -65,7 +65,7 @@ def _take(tree, i: int):
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def _nbytes(tree) -> int:
+def nbytes(tree) -> int:
   return sum(int(np.prod(x.shape)) * x.dtype.itemsize
              for x in jax.tree.leaves(tree) if hasattr(x, 'dtype'))
 
@@ -153,7 +153,7 @@ def train_objects(objects: Sequence[object_batch.ObjectRun],
   abstract, _ = jax.eval_shape(
       lambda: train_step.initial_state(0, model, tx, mesh, grid))
   limit = device_memory_bytes()
-  check_fits(num, num // devices, _nbytes(abstract), 0, limit)
+  check_fits(num, num // devices, nbytes(abstract), 0, limit)
 
   logging.info('Loading the prior %s for %d objects.', config.guidance.model,
                num)
@@ -165,9 +165,9 @@ def train_objects(objects: Sequence[object_batch.ObjectRun],
   start = _resume_step(ckpts)
   replicated = NamedSharding(mesh, P())
   states, keys = [], []
-  for obj, ckpt in zip(objects, ckpts):
-    state, key = train_step.initial_state(obj.config.seed, model, tx, mesh,
-                                          grid)
+  fresh = train_step.initial_states([o.config.seed for o in objects], model,
+                                    tx, mesh, grid)
+  for ckpt, (state, key) in zip(ckpts, fresh):
     if start:
       state = ckpt.restore(checkpoint_lib.abstract_like(state, replicated),
                            start)
@@ -175,8 +175,8 @@ def train_objects(objects: Sequence[object_batch.ObjectRun],
     keys.append(key)
   if start:
     logging.info('Resumed %d objects from step %d.', num, start)
-  states = shard_objects(_stack(states), mesh)
-  keys = shard_objects(_stack(keys), mesh)
+  states = shard_objects(stack(states), mesh)
+  keys = shard_objects(stack(keys), mesh)
 
   step_fn = train_step.make_object_train_step(config, model, tx, mesh, axes)
   t0 = time.time()
@@ -184,11 +184,11 @@ def train_objects(objects: Sequence[object_batch.ObjectRun],
   memory = compiled.memory_analysis()
   temp = int(getattr(memory, 'temp_size_in_bytes', 0) or 0)
   prior_bytes = sum(
-      _nbytes(x) // (1 if a is None else devices)
+      nbytes(x) // (1 if a is None else devices)
       for a, x in zip(jax.tree.leaves(axes, is_leaf=lambda a: a is None),
                       jax.tree.leaves(prior, is_leaf=lambda x: x is None))
       if x is not None)
-  check_fits(num, num // devices, _nbytes(abstract), prior_bytes, limit, temp)
+  check_fits(num, num // devices, nbytes(abstract), prior_bytes, limit, temp)
   logging.info('Compiled the step of %d objects (%d per device) in %.1f s; '
                'temporaries %.2f GiB per device.', num, num // devices,
                time.time() - t0, temp / 2.0**30)

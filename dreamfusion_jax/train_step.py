@@ -133,7 +133,12 @@ def initial_state(seed: int, model, tx, mesh, grid_resolution: int = 1):
   The seed is split into the parameters' init key and the base key of
   every step's randomness. The occupancy grid starts all occupied.
   """
-  def make():
+  return initial_states([seed], model, tx, mesh, grid_resolution)[0]
+
+
+def initial_states(seeds, model, tx, mesh, grid_resolution: int = 1):
+  """`initial_state` of each seed, compiled once for all of them."""
+  def make(seed):
     init_key, base_key = jax.random.split(jax.random.key(seed))
     params = field.init_params(init_key, model)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -142,7 +147,8 @@ def initial_state(seed: int, model, tx, mesh, grid_resolution: int = 1):
                        skipped=jnp.zeros((), jnp.int32),
                        occupancy=occupancy.initial_grid(grid_resolution))
     return state, base_key
-  return jax.jit(make, out_shardings=NamedSharding(mesh, P()))()
+  make = jax.jit(make, out_shardings=NamedSharding(mesh, P()))
+  return [make(jnp.asarray(seed, jnp.uint32)) for seed in seeds]
 
 
 def _squeeze(tree):

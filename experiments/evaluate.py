@@ -12,6 +12,14 @@ CLIP R-Precision of trained runs (one workdir per caption and seed under
   python experiments/evaluate.py --mode=clip --root=/tmp/runs \
       [--captions=captions.txt] [--num_views=8] [--resolution=128]
 
+With --train, first trains every caption x seed that is not complete under
+--root as one batch run (the paper's 153 objects in one program; the
+objects split over the devices), with --config (e.g. configs/
+dreamfusion_sd.py), then scores them:
+
+  python experiments/evaluate.py --mode=clip --train --root=/tmp/coco \
+      --config=configs/dreamfusion_sd.py [--seeds=0]
+
 The paper's shading ablation (albedo only / + lit / + textureless, the same
 recipe otherwise), trained and scored like the toy table:
 
@@ -68,10 +76,23 @@ _CAPTIONS = flags.DEFINE_string(
 _CLIP_MODELS = flags.DEFINE_list('clip_models', None,
                                  'CLIP models (default: the paper\'s three).')
 _NUM_VIEWS = flags.DEFINE_integer('num_views', 8, 'Renders per object.')
+_TRAIN = flags.DEFINE_bool(
+    'train', False, 'Train the captions x --seeds under --root first, as one '
+    'batch run with --config.')
 _RESOLUTION = flags.DEFINE_integer(
     'resolution', None, 'Render size (default: each run\'s '
     'export.resolution).')
 flags.mark_flags_as_required(['root'])
+
+
+def _seeds():
+  from dreamfusion_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    return [int(s) for s in _SEEDS.value]
+  except ValueError:
+    raise errors.UserError(
+        f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. 0,1,2.'
+    ) from None
 
 
 def main(argv):
@@ -97,17 +118,12 @@ def main(argv):
     results = janus.janus_evaluate(
         _CONFIG.value, _ROOT.value, {p: levels[p] for p in _PRIORS.value},
         _METHODS.value or list(janus.METHODS),
-        [int(s) for s in _SEEDS.value], _THRESHOLD.value)
+        _seeds(), _THRESHOLD.value)
     print(janus.format_janus_table(results))
     if _OUT.value:
       files.write_json(_OUT.value, results)
   elif _MODE.value in ('toy', 'ablation'):
-    try:
-      seeds = [int(s) for s in _SEEDS.value]
-    except ValueError:
-      raise errors.UserError(
-          f'--seeds={",".join(_SEEDS.value)} must be integers, e.g. 0,1,2.'
-      ) from None
+    seeds = _seeds()
     prompts = _PROMPTS.value or toy_sweep.TOY_PROMPTS
     if _MODE.value == 'ablation':
       results = ablation.shading_ablation(_CONFIG.value, _ROOT.value, prompts,
@@ -120,9 +136,18 @@ def main(argv):
     if _OUT.value:
       files.write_json(_OUT.value, results)
   else:
+    captions = clip_r_precision.load_captions(_CAPTIONS.value)
+    if _TRAIN.value:
+      # pylint: disable-next=g-import-not-at-top
+      from dreamfusion_jax import train_objects
+      config = _CONFIG.value
+      with config.unlocked():
+        config.prompts = tuple(captions)
+        config.prompts_file = ''
+        config.seeds = tuple(_seeds())
+      train_objects.train_batch(config, _ROOT.value)
     results = clip_r_precision.clip_r_precision(
-        runs.workdirs_under(_ROOT.value),
-        clip_r_precision.load_captions(_CAPTIONS.value),
+        runs.workdirs_under(_ROOT.value), captions,
         clip_models=_CLIP_MODELS.value or clip_r_precision.CLIP_MODELS,
         num_views=_NUM_VIEWS.value,
         renderer=clip_r_precision.CheckpointRenderer(_RESOLUTION.value))

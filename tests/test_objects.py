@@ -2,6 +2,7 @@
 bad input (object_batch.py, train_objects.py)."""
 
 import json
+import os
 import pathlib
 import re
 import signal
@@ -271,10 +272,10 @@ def test_stable_diffusion_objects_get_their_own_prompts(tmp_path):
   states, keys = zip(*[train_step.initial_state(seed, model, tx, mesh)
                        for seed in (7, 0)])
   step = train_step.make_object_train_step(config, model, tx, mesh, axes)
-  out, metrics = step(train_objects.shard_objects(train_objects._stack(states),
+  out, metrics = step(train_objects.shard_objects(train_objects.stack(states),
                                                   mesh),
                       train_objects.shard_objects(batched, mesh, axes),
-                      train_objects.shard_objects(train_objects._stack(keys),
+                      train_objects.shard_objects(train_objects.stack(keys),
                                                   mesh))
   np.testing.assert_array_equal(metrics['train/finite'], [1.0, 1.0])
   state, key = train_step.initial_state(0, model, tx, mesh)
@@ -284,3 +285,34 @@ def test_stable_diffusion_objects_get_their_own_prompts(tmp_path):
                              single_metrics['train/loss'], rtol=1e-4)
   for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(out.params)):
     np.testing.assert_allclose(b[1], a, atol=1e-5)
+
+
+def test_objects_split_over_two_devices_follow_the_one_device_batch(
+    tmp_path):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
+             PYTHONPATH=str(ROOT))
+  args = ['--config.num_steps=4', '--config.export.at_end=False',
+          '--config.log.preview_every_steps=0']
+
+  def launch(workdir, prompts):
+    proc = subprocess.run(
+        [sys.executable, LAUNCHER, f'--config={TINY}', f'--workdir={workdir}',
+         f'--config.prompts={prompts}', *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+  rc, out = launch(tmp_path / 'two', '("a red cube","a snowman")')
+  assert rc == 0, out[-3000:]
+  assert '2 objects (1 per device)' in out, out[-3000:]
+  config = _config(prompts=('a red cube', 'a snowman'), num_steps=4)
+  train_objects.train_batch(config, str(tmp_path / 'one'))
+  for prompt in ('a_red_cube', 'a_snowman'):
+    a = _params(tmp_path / 'two' / prompt / 'seed_0')
+    b = _params(tmp_path / 'one' / prompt / 'seed_0')
+    assert max(np.abs(x - y).max() for x, y in zip(a, b)) < 1e-5
+
+  rc, out = launch(tmp_path / 'three',
+                   '("a red cube","a snowman","a green cone")')
+  assert rc == 2 and 'do not split evenly over 2 devices' in out, out[-2000:]
+  assert not (tmp_path / 'three' / 'a_red_cube' / 'seed_0' /
+              'checkpoints').exists()
