@@ -18,7 +18,7 @@ objects split over the devices), with --config (e.g. configs/
 dreamfusion_sd.py), then scores them:
 
   python experiments/evaluate.py --mode=clip --train --root=/tmp/coco \
-      --config=configs/dreamfusion_sd.py [--seeds=0]
+      --config=configs/dreamfusion_sd.py [--seeds=0] [--batch_objects=16]
 
 The paper's shading ablation (albedo only / + lit / + textureless, the same
 recipe otherwise), trained and scored like the toy table:
@@ -79,6 +79,9 @@ _NUM_VIEWS = flags.DEFINE_integer('num_views', 8, 'Renders per object.')
 _TRAIN = flags.DEFINE_bool(
     'train', False, 'Train the captions x --seeds under --root first, as one '
     'batch run with --config.')
+_BATCH_OBJECTS = flags.DEFINE_integer(
+    'batch_objects', 0, 'With --train: objects per batch run (0: all in one; '
+    'fewer when they do not fit in memory).')
 _RESOLUTION = flags.DEFINE_integer(
     'resolution', None, 'Render size (default: each run\'s '
     'export.resolution).')
@@ -138,14 +141,20 @@ def main(argv):
   else:
     captions = clip_r_precision.load_captions(_CAPTIONS.value)
     if _TRAIN.value:
-      # pylint: disable-next=g-import-not-at-top
+      # pylint: disable=g-import-not-at-top
+      from dreamfusion_jax import object_batch
       from dreamfusion_jax import train_objects
+      # pylint: enable=g-import-not-at-top
       config = _CONFIG.value
       with config.unlocked():
         config.prompts = tuple(captions)
         config.prompts_file = ''
         config.seeds = tuple(_seeds())
-      train_objects.train_batch(config, _ROOT.value)
+      objects = object_batch.plan(config, _ROOT.value)
+      size = _BATCH_OBJECTS.value or len(objects)
+      for start in range(0, len(objects), size):
+        train_objects.train_objects(objects[start:start + size],
+                                    batch_config=config, root=_ROOT.value)
     results = clip_r_precision.clip_r_precision(
         runs.workdirs_under(_ROOT.value), captions,
         clip_models=_CLIP_MODELS.value or clip_r_precision.CLIP_MODELS,
