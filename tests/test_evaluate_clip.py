@@ -165,9 +165,12 @@ def test_missing_model_is_one_sentence(tmp_path, monkeypatch):
     clip_model.load_clip(str(tmp_path / 'no_such_model'))
   message = str(info.value)
   assert message.count('. ') == 0 and message.endswith('.')
+  # The fix names evaluate.py's flag, not the prior's config field.
+  assert '--clip_models' in message and 'guidance.model' not in message
   monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path / 'empty_cache'))
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
-  with pytest.raises(errors.UserError, match='openai/clip-vit-base-patch32'):
+  with pytest.raises(errors.UserError,
+                     match=r'openai/clip-vit-base-patch32.*--clip_models'):
     clip_model.load_clip('openai/clip-vit-base-patch32')
 
 

@@ -166,12 +166,16 @@ def load_clip(model: str, revision: str = '') -> Clip:
   """
   model = str(model)
   patterns = CONFIG_PATTERNS + (FLAX_WEIGHTS,)
-  folder = hub.resolve(model, revision, allow_patterns=patterns)
+  # evaluate.py's flag that names the CLIP models, for messages.
+  setting = '--clip_models'
+  folder = hub.resolve(model, revision, allow_patterns=patterns,
+                       setting=setting)
   if not _weights(folder):
     # Second round: only repositories without Flax weights fetch these.
     folder = hub.resolve(
         model, revision,
-        allow_patterns=CONFIG_PATTERNS + (SAFETENSORS_WEIGHTS,))
+        allow_patterns=CONFIG_PATTERNS + (SAFETENSORS_WEIGHTS,),
+        setting=setting)
   config_path = folder / 'config.json'
   if not config_path.is_file():
     raise errors.UserError(

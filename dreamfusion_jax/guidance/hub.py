@@ -47,7 +47,8 @@ def _looks_like_path(model: str) -> bool:
 
 
 def resolve(model: PathLike, revision: str = '',
-            allow_patterns: Optional[Sequence[str]] = None) -> pathlib.Path:
+            allow_patterns: Optional[Sequence[str]] = None,
+            setting: str = 'guidance.model') -> pathlib.Path:
   """Returns a local folder holding `model`'s files.
 
   Args:
@@ -58,6 +59,7 @@ def resolve(model: PathLike, revision: str = '',
     allow_patterns: glob patterns of the repository files to fetch (None:
       every file, which for Stable Diffusion repositories includes several GB
       of duplicate checkpoints; pass patterns).
+    setting: the flag or config field that names the model, for messages.
 
   Returns:
     The folder (for a hub id, the snapshot folder inside the cache).
@@ -71,7 +73,7 @@ def resolve(model: PathLike, revision: str = '',
     folder = pathlib.Path(model).expanduser()
     if not folder.is_dir():
       raise errors.UserError(
-          f'Model folder {model!r} does not exist; set guidance.model to a '
+          f'Model folder {model!r} does not exist; set {setting} to a '
           'folder in diffusers layout or to a Hugging Face hub id.')
     return folder
 
@@ -79,7 +81,7 @@ def resolve(model: PathLike, revision: str = '',
   offline = _offline()
   how = (f'download it with `huggingface-cli download {model}'
          + (f' --revision {revision}' if revision else '')
-         + '` or set guidance.model to a local folder in diffusers layout')
+         + f'` or set {setting} to a local folder in diffusers layout')
   try:
     folder = huggingface_hub.snapshot_download(
         model,
@@ -101,8 +103,8 @@ def resolve(model: PathLike, revision: str = '',
   except hf_errors.HFValidationError:
     raise errors.UserError(
         f'Model {model!r} is neither an existing folder nor a valid Hugging '
-        'Face hub id; set guidance.model to a diffusers-layout folder or an '
-        'id such as stable-diffusion-v1-5/stable-diffusion-v1-5.') from None
+        f'Face hub id; set {setting} to a diffusers-layout folder or a hub '
+        'id.') from None
   except (hf_errors.LocalEntryNotFoundError, hf_errors.HfHubHTTPError,
           OSError):
     state = 'offline mode is on' if offline else 'it could not be downloaded'
