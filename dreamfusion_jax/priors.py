@@ -60,18 +60,21 @@ def load_object_prior(configs: Sequence[ml_collections.ConfigDict]
     a leading object axis and None where it is shared: the vmap in_axes of
     `train_step.make_object_train_step`. Stable Diffusion loads its weights
     once and encodes every object's prompts in one call, so only its
-    embeddings are per object; the toy prior's image sets are per object.
+    embeddings are per object, and so are the toy prior's (its image set,
+    every toy object's photographs, is shared).
   """
   config = configs[0]
   if config.guidance.model == 'toy':
-    # The image set depends on the prompt, not the seed: one per prompt.
-    by_prompt = {}
-    for c in configs:
-      if c.prompt not in by_prompt:
-        by_prompt[c.prompt] = exact_prior.make_toy_prior(c)
-    per_object = [by_prompt[c.prompt] for c in configs]
-    prior = jax.tree.map(lambda *xs: jnp.stack(xs), *per_object)
-    return prior, jax.tree.map(lambda _: 0, prior)
+    # One image set holds every toy object's photographs; a prompt only
+    # picks its groups through the embeddings.
+    prior = exact_prior.make_toy_prior(config)
+    per_object = [exact_prior.embeddings(c) for c in configs]
+    view, uncond, negative = (jnp.stack([jnp.asarray(e[i])
+                                         for e in per_object])
+                              for i in range(3))
+    prior = prior.replace(view_embeddings=view, uncond_embedding=uncond,
+                          negative_view_embeddings=negative)
+    return prior, object_axes(prior, prior_lib.EMBEDDINGS)
   # pylint: disable-next=g-import-not-at-top
   from dreamfusion_jax.guidance import stable_diffusion
   prior = stable_diffusion.load_batch(
@@ -82,7 +85,7 @@ def load_object_prior(configs: Sequence[ml_collections.ConfigDict]
        for c in configs],
       revision=config.guidance.revision, dtype=config.guidance.dtype,
       allow_pickle=config.guidance.allow_pickle)
-  return prior, object_axes(prior, stable_diffusion.EMBEDDINGS)
+  return prior, object_axes(prior, prior_lib.EMBEDDINGS)
 
 
 def object_axes(prior: prior_lib.Prior, per_object: Sequence[str]

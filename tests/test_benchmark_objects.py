@@ -46,7 +46,8 @@ def test_tiny_objects(tmp_path):
   # Every object does the same work: FLOPs, state and prior grow with P.
   assert two['flops'] == pytest.approx(2 * one['flops'], rel=0.1)
   assert two['state_bytes'] == one['state_bytes']
-  assert two['prior_bytes'] == 2 * one['prior_bytes']  # Toy: per object.
+  # The toy prior's image set is shared; only the embeddings are per object.
+  assert 0 < two['prior_bytes'] - one['prior_bytes'] < 0.05 * one['prior_bytes']
   assert 'obj-steps/s' in table and 'host RSS' in table
 
 

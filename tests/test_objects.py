@@ -264,8 +264,18 @@ def test_stable_diffusion_objects_get_their_own_prompts(tmp_path):
                 batched.view_embeddings[1]).max() > 1e-3
   assert set(stable_diffusion.EMBEDDINGS) >= {'view_embeddings',
                                               'uncond_embedding'}
-  # One step of both objects (one batched UNet call) against the second
-  # object's single step.
+
+
+@pytest.mark.slow
+def test_stable_diffusion_objects_step_like_their_single_runs(tmp_path):
+  """One step of two objects (one batched UNet call) against the second
+  object's single step (about 50 s: two tiny-SD compilations)."""
+  import tiny_models  # pylint: disable=g-import-not-at-top
+  folder = tiny_models.make_tiny_stable_diffusion(tmp_path / 'sd')
+  configs = [object_batch.single_config(
+      _config(**{'guidance.model': str(folder)}), prompt, 0)
+             for prompt in ('a tiny cat', 'a tiny dog')]
+  batched, axes = priors.load_object_prior(configs)
   config = configs[1]
   model, tx = field.make_model(config), train_step.make_optimizer(config)
   mesh = train_step.make_mesh()

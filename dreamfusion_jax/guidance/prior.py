@@ -36,6 +36,13 @@ def check_dtype(name: str, backend: str) -> None:
         "slow); use 'auto' or 'float32' here.")
 
 
+# The Prior fields that hold text embeddings: what differs between the
+# objects of a batch run (a batched prior has a leading object axis on
+# these and shares every other leaf).
+EMBEDDINGS = ('view_embeddings', 'uncond_embedding',
+              'negative_view_embeddings')
+
+
 @flax.struct.dataclass
 class Prior:
   """A frozen diffusion prior.

@@ -400,9 +400,7 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
                             if getattr(batched, name) is not None})
 
 
-# The Prior fields that hold text embeddings: one per object in a batch.
-EMBEDDINGS = ('view_embeddings', 'uncond_embedding',
-              'negative_view_embeddings')
+EMBEDDINGS = prior_lib.EMBEDDINGS
 
 
 def load_batch(model: str, prompt_sets: Sequence[Tuple[Sequence[str], str,
