@@ -59,9 +59,10 @@ def object_workdir(root: str, prompt: str, seed: int) -> str:
 def read_prompts_file(path: str) -> List[str]:
   """Prompts, one per non-empty line; '#' starts a comment line."""
   if not os.path.isfile(path):
+    state = 'is a folder' if os.path.isdir(path) else 'does not exist'
     raise errors.UserError(
-        f'prompts_file {path} does not exist; pass a text file with one '
-        'prompt per line.')
+        f'prompts_file {path} {state}; pass a text file with one prompt per '
+        'line.')
   with open(path, encoding='utf-8') as f:
     lines = [line.strip() for line in f]
   prompts = [line for line in lines if line and not line.startswith('#')]

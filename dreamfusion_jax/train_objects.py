@@ -268,9 +268,18 @@ def train_objects(objects: Sequence[object_batch.ObjectRun],
   return states
 
 
-def train_batch(config, root: str):
-  """Trains the batch a config asks for (`object_batch.plan`) under root."""
+def train_batch(config, root: str, batch_objects: int = 0):
+  """Trains the batch a config asks for (`object_batch.plan`) under root,
+  in programs of `batch_objects` objects each (0: all in one)."""
+  if batch_objects < 0:
+    raise errors.UserError(
+        f'{batch_objects} objects per program is negative; pass 0 (all in '
+        'one) or a positive count.')
   objects = object_batch.plan(config, root)
-  logging.info('Batch of %d objects under %s.', len(objects), root)
-  return train_objects(objects, batch_config=config, root=root)
+  size = batch_objects or len(objects)
+  logging.info('Batch of %d objects under %s, %d per program.',
+               len(objects), root, size)
+  for start in range(0, len(objects), size):
+    train_objects(objects[start:start + size], batch_config=config,
+                  root=root)
 

@@ -256,7 +256,7 @@ def _object_update(state: TrainState, prior, base_key, step, *, model, tx,
       occupancy update's `cond` stays a branch under vmap).
     first_view: global index of this device's first view.
     device_mean: averages a pytree over the devices that share the object
-      (`lax.pmean`), or the identity when one device holds all its views.
+      (`lax.pmean`), or None when one device holds all its views.
   """
   batch = config.batch_per_device
   r = config.render

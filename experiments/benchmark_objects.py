@@ -121,7 +121,7 @@ def _sd_prior(config, num_objects: int, mesh):
   random weights drawn on the devices, and its vmap axes.
 
   Returns:
-    (prior, axes, counts): a prior whose `stable_diffusion.EMBEDDINGS`
+    (prior, axes, counts): a prior whose `prior.EMBEDDINGS`
     have a leading object axis ([O, 4, 77, 768], [O, 77, 768]), its axes
     (`priors.object_axes`), and the parameter counts {'unet': ...,
     'vae_encoder': ..., 'dtype': the compute dtype's name}.
@@ -133,6 +133,7 @@ def _sd_prior(config, num_objects: int, mesh):
   import jax.numpy as jnp
   import numpy as np
   from dreamfusion_jax import priors
+  from dreamfusion_jax.guidance import prior as prior_lib
   from dreamfusion_jax.guidance import stable_diffusion
   from experiments import benchmark_guidance
   import diffusers
@@ -176,7 +177,7 @@ def _sd_prior(config, num_objects: int, mesh):
                                          (num_objects, tokens, width)),
       schedule=stable_diffusion.alphas_cumprod(benchmark_guidance.SCHEDULE),
       dtype=dtype, negative_view_embeddings=negative)
-  return prior, priors.object_axes(prior, stable_diffusion.EMBEDDINGS), counts
+  return prior, priors.object_axes(prior, prior_lib.EMBEDDINGS), counts
 
 
 def top_ops(compiled, run, num: int, steps: int = 2):

@@ -141,20 +141,14 @@ def main(argv):
   else:
     captions = clip_r_precision.load_captions(_CAPTIONS.value)
     if _TRAIN.value:
-      # pylint: disable=g-import-not-at-top
-      from dreamfusion_jax import object_batch
+      # pylint: disable-next=g-import-not-at-top
       from dreamfusion_jax import train_objects
-      # pylint: enable=g-import-not-at-top
       config = _CONFIG.value
       with config.unlocked():
         config.prompts = tuple(captions)
         config.prompts_file = ''
         config.seeds = tuple(_seeds())
-      objects = object_batch.plan(config, _ROOT.value)
-      size = _BATCH_OBJECTS.value or len(objects)
-      for start in range(0, len(objects), size):
-        train_objects.train_objects(objects[start:start + size],
-                                    batch_config=config, root=_ROOT.value)
+      train_objects.train_batch(config, _ROOT.value, _BATCH_OBJECTS.value)
     results = clip_r_precision.clip_r_precision(
         runs.workdirs_under(_ROOT.value), captions,
         clip_models=_CLIP_MODELS.value or clip_r_precision.CLIP_MODELS,

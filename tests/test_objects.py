@@ -24,6 +24,7 @@ from dreamfusion_jax import train
 from dreamfusion_jax import train_objects
 from dreamfusion_jax import train_step
 from dreamfusion_jax.evaluation import toy_sweep
+from dreamfusion_jax.guidance import prior as prior_lib
 from dreamfusion_jax.nerf import field
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -244,7 +245,6 @@ def test_launcher_trains_a_batch_and_resumes_it_after_sigkill(tmp_path):
 
 def test_stable_diffusion_objects_get_their_own_prompts(tmp_path):
   import tiny_models  # pylint: disable=g-import-not-at-top
-  from dreamfusion_jax.guidance import stable_diffusion  # pylint: disable=g-import-not-at-top
   folder = tiny_models.make_tiny_stable_diffusion(tmp_path / 'sd')
   configs = [object_batch.single_config(
       _config(**{'guidance.model': str(folder)}), prompt, 0)
@@ -262,7 +262,7 @@ def test_stable_diffusion_objects_get_their_own_prompts(tmp_path):
   # The two prompts' embeddings differ where their texts do.
   assert np.abs(batched.view_embeddings[0] -
                 batched.view_embeddings[1]).max() > 1e-3
-  assert set(stable_diffusion.EMBEDDINGS) >= {'view_embeddings',
+  assert set(prior_lib.EMBEDDINGS) >= {'view_embeddings',
                                               'uncond_embedding'}
 
 

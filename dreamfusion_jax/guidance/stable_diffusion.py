@@ -396,11 +396,8 @@ def load(model: str, view_prompts: Sequence[str], negative_prompt: str = '',
                                 negative_view_prompts)], revision=revision,
                        dtype=dtype, allow_pickle=allow_pickle)
   return batched.replace(**{name: getattr(batched, name)[0]
-                            for name in EMBEDDINGS
+                            for name in prior_lib.EMBEDDINGS
                             if getattr(batched, name) is not None})
-
-
-EMBEDDINGS = prior_lib.EMBEDDINGS
 
 
 def load_batch(model: str, prompt_sets: Sequence[Tuple[Sequence[str], str,
@@ -416,7 +413,7 @@ def load_batch(model: str, prompt_sets: Sequence[Tuple[Sequence[str], str,
       negative view prompts or none does.
 
   Returns:
-    A prior whose `EMBEDDINGS` fields have a leading object axis and whose
+    A prior whose `prior.EMBEDDINGS` fields have a leading object axis and whose
     weights are shared (vmap it with in_axes 0 for those fields only).
   """
   for view_prompts, _, negatives in prompt_sets:
