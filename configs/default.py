@@ -109,6 +109,11 @@ def get_config() -> ml_collections.ConfigDict:
   shading.textureless_prob = 0.5  # P(textureless | lit).
   shading.ambient = 0.1  # Ambient light l_a when lit.
   shading.diffuse = 0.9  # Diffuse light l_rho when lit.
+  # P(a training view's background is a random solid colour instead of the
+  # background MLP's); 0 in the paper.
+  shading.random_background_prob = 0.0
+  # Colours to draw from; (): uniform in [0, 1]^3.
+  shading.random_background_colors = ()
 
   # The frozen 2D diffusion prior and SDS.
   config.guidance = guidance = ml_collections.ConfigDict()
@@ -142,7 +147,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The offline toy world (guidance.model = 'toy').
   config.toy = toy = ml_collections.ConfigDict()
   toy.images_per_view = 100  # Prior images per (prompt, view) group.
-  toy.background_color = (1.0, 1.0, 1.0)  # Background of the prior images.
+  # Solid backdrops of the prior's photographs: each appears on every one.
+  toy.background_colors = ((1.0, 1.0, 1.0),)
   toy.lit_prob = 1.0  # Share of prior images lit: photographs are.
   # Share of the lit images that are untextured (white albedo, as clay
   # renders); 0: every photograph shows the object's colours.

@@ -116,5 +116,10 @@ def get_config() -> ml_collections.ConfigDict:
   # The background learns at a tenth of the field's rate (threestudio's
   # 1e-3): a background as fast as the object can paint the prompt.
   config.optim.background_lr_multiplier = 0.1
+  # stable-dreamfusion: half the views on a random solid colour instead of
+  # the background MLP. The object must then stand out from any backdrop,
+  # so it cannot hide in a background that matches its mean colour (in the
+  # toy world a white snowman, lit, vanished into a grey one).
+  config.shading.random_background_prob = 0.5
 
   return config

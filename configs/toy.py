@@ -47,7 +47,12 @@ def get_config() -> ml_collections.ConfigDict:
   # prior about edges and tips.
   config.guidance.t_max_end = 0.3
   config.toy.images_per_view = 100  # 400 photographs per prompt.
-  config.toy.background_color = (0.5, 0.5, 0.5)
+  # A finite image set holds photographs on finitely many backdrops: grey,
+  # black and white; the renders' random backgrounds come from the same
+  # colours, as Stable Diffusion's photographs come on any.
+  config.toy.background_colors = ((0.5, 0.5, 0.5), (0.0, 0.0, 0.0),
+                                  (1.0, 1.0, 1.0))
+  config.shading.random_background_colors = config.toy.background_colors
   config.toy.supersample = 2
 
   # The prior's photographs are rendered from the training cameras, and an
@@ -82,6 +87,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.nerf.hash_log2_table_size = 14
   config.nerf.hash_max_resolution = 64
   config.nerf.hash_mlp_width = 32
+  # Half the levels over the same resolutions (16 to 64): on a CPU a hash
+  # grid's step is its per-level gathers and scatters, and 8 levels ran
+  # 1.67x faster than 16 (11.0 against 6.6 steps/s) with the toy table
+  # within seed noise (README). Half start active, and the rest are added
+  # twice as far apart, so all are active at the same 60% of the run.
+  added = config.nerf.hash_levels - config.nerf.hash_start_levels
+  config.nerf.hash_levels //= 2
+  config.nerf.hash_start_levels //= 2
+  config.nerf.hash_level_every_steps = round(
+      config.nerf.hash_level_every_steps * added /
+      (config.nerf.hash_levels - config.nerf.hash_start_levels))
 
   config.log.every_steps = 50
   config.log.preview_every_steps = 250

@@ -64,6 +64,39 @@ def sample(key, step, shading_config: ml_collections.ConfigDict,
       textureless=textureless.astype(jnp.float32))
 
 
+def random_backgrounds(key, shading_config: ml_collections.ConfigDict,
+                       num: int):
+  """Which of `num` views get a random solid background, and its colour.
+
+  With probability `random_background_prob` a view's background is a solid
+  colour instead of the background MLP's: uniform in [0, 1]^3, or drawn
+  from `random_background_colors` when that lists any.
+
+  Returns:
+    use [num] bool and colors [num, 3] float32.
+  """
+  c = shading_config
+  k_use, k_color = jax.random.split(key)
+  use = jax.random.uniform(k_use, (num,)) < c.random_background_prob
+  if c.random_background_colors:
+    palette = jnp.asarray(c.random_background_colors, jnp.float32)
+    colors = palette[jax.random.randint(k_color, (num,), 0, len(palette))]
+  else:
+    colors = jax.random.uniform(k_color, (num, 3))
+  return use, colors
+
+
+def replace_background(rgb, opacity, background, use, colors):
+  """rgb [B, H, W, 3] with `colors` [B, 3] behind the views where `use`.
+
+  The render composited C = sum_i w_i c_i + (1 - opacity) background, so
+  swapping the background adds (1 - opacity)(colour - background).
+  """
+  swap = jnp.where(use[:, None, None, None],
+                   colors[:, None, None, :] - background, 0.0)
+  return rgb + (1.0 - opacity[..., None]) * swap
+
+
 def lambert(normals, points, light_position):
   """max(0, n . l) for unit normals [..., 3] and a point light: [...].
 
@@ -100,6 +133,16 @@ def validate(shading_config: ml_collections.ConfigDict) -> None:
     if not 0.0 <= c[name] <= 1.0:
       raise errors.UserError(
           f'shading.{name} = {c[name]} is not a probability; use [0, 1].')
+  if not 0.0 <= c.random_background_prob <= 1.0:
+    raise errors.UserError(
+        f'shading.random_background_prob = {c.random_background_prob} is '
+        'not a probability; use [0, 1].')
+  colors = c.random_background_colors
+  if not all(hasattr(v, '__len__') and len(v) == 3 and
+             all(0.0 <= x <= 1.0 for x in v) for v in colors):
+    raise errors.UserError(
+        f'shading.random_background_colors = {colors} must be RGB triples in '
+        '[0, 1], or () for uniformly random colours.')
   if c.albedo_steps < 0 or c.ambient < 0 or c.diffuse < 0:
     raise errors.UserError(
         'shading.albedo_steps, shading.ambient and shading.diffuse must be '

@@ -196,6 +196,11 @@ def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
       normal_mode=r.normals, normal_eps=r.normal_eps,
       field_chunk=r.field_chunk, occupancy=occupied,
       num_candidates=r.occupancy_candidates)
+  use_bg, bg_colors = _squeeze(jax.vmap(
+      lambda k: shading.random_backgrounds(jax.random.fold_in(k, 1),
+                                           config.shading, 1))(k_shade))
+  rgb = shading.replace_background(out['rgb'], out['opacity'],
+                                   out['background'], use_bg, bg_colors)
   g = config.guidance
   t_max = schedules.t_max(step, g, config.num_steps)
 
@@ -209,7 +214,7 @@ def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
                              perp_neg=guidance.perp_neg_weights(g))
     return loss[0], jax.tree.map(lambda a: a[0], aux)
 
-  sds_loss, aux = jax.vmap(one_view)(out['rgb'], cams.azimuth,
+  sds_loss, aux = jax.vmap(one_view)(rgb, cams.azimuth,
                                      cams.elevation, k_sds)
   orient = losses.orientation(out['weights'], out['sample_normals'],
                               out['directions'],
@@ -237,6 +242,7 @@ def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
       'train/t': jnp.mean(aux['t_frac']),
       'train/textureless': jnp.mean(mode.textureless),
       'train/lit': jnp.mean((mode.diffuse > 0).astype(jnp.float32)),
+      'train/random_background': jnp.mean(use_bg.astype(jnp.float32)),
       'schedule/orientation_weight': w_orient,
       'schedule/t_max': t_max,
       'schedule/distortion_weight': w_distortion,

@@ -115,7 +115,8 @@ def test_paper_config_values():
 TOY_DIFFERS = {
     # The exact prior.
     'prompt', 'guidance.model', 'guidance.scale', 'guidance.t_max_end',
-    'toy.background_color', 'loss.orientation_weight_start',
+    'toy.background_colors', 'shading.random_background_colors',
+    'loss.orientation_weight_start',
     'loss.orientation_weight_end', 'loss.opacity_weight',
     'camera.distance_range', 'camera.focal_range', 'camera.eval_distance',
     # The CPU.
@@ -123,7 +124,7 @@ TOY_DIFFERS = {
     'nerf.hash_level_every_steps', 'render.resolution', 'render.num_samples',
     'render.occupancy_samples', 'render.occupancy_resolution',
     'nerf.hash_log2_table_size', 'nerf.hash_max_resolution',
-    'nerf.hash_mlp_width', 'log.preview_every_steps',
+    'nerf.hash_mlp_width', 'nerf.hash_levels', 'nerf.hash_start_levels', 'log.preview_every_steps',
     'log.preview_resolution', 'checkpoint.every_steps', 'export.num_frames',
     'export.resolution', 'export.mesh_resolution', 'export.texture_size',
 }
@@ -147,9 +148,18 @@ def test_toy_config_is_the_stable_diffusion_recipe():
   assert differs <= TOY_DIFFERS, sorted(differs - TOY_DIFFERS)
   # Scaled, not retuned: step counts by num_steps, regularisers by the scale.
   steps = toy['num_steps'] / sd['num_steps']
-  for key in ('shading.albedo_steps', 'nerf.hash_level_start_step',
-              'nerf.hash_level_every_steps'):
+  for key in ('shading.albedo_steps', 'nerf.hash_level_start_step'):
     assert toy[key] == round(sd[key] * steps), key
+  # Half the hash levels, all of them active at the same share of the run.
+  assert toy['nerf.hash_levels'] * 2 == sd['nerf.hash_levels']
+  assert toy['nerf.hash_start_levels'] * 2 == sd['nerf.hash_start_levels']
+
+  def all_levels_at(c):
+    added = c['nerf.hash_levels'] - c['nerf.hash_start_levels']
+    return (c['nerf.hash_level_start_step'] +
+            added * c['nerf.hash_level_every_steps']) / c['num_steps']
+
+  assert all_levels_at(toy) == pytest.approx(all_levels_at(sd), abs=0.01)
   ratio = toy['guidance.scale'] / sd['guidance.scale']
   for key in ('loss.orientation_weight_start', 'loss.orientation_weight_end',
               'loss.opacity_weight'):

@@ -195,6 +195,37 @@ def test_shading_mix_follows_the_schedule():
   assert not np.any(tex & ~lit)
 
 
+def test_random_backgrounds_replace_the_mlp_behind_empty_space():
+  c = default.get_config().shading
+  c.random_background_prob = 0.3
+  use, colors = shading.random_backgrounds(jax.random.key(1), c, 100000)
+  assert abs(np.mean(use) - 0.3) < 0.01
+  assert colors.shape == (100000, 3)
+  assert abs(np.mean(colors) - 0.5) < 0.01 and np.all(np.ptp(colors, 0) > 0.9)
+  palette = ((0.0, 0.0, 0.0), (0.2, 0.4, 0.6))
+  c.random_background_colors = palette
+  _, colors = shading.random_backgrounds(jax.random.key(2), c, 1000)
+  hits = [np.all(np.asarray(colors) == np.float32(p), -1) for p in palette]
+  assert np.all(hits[0] | hits[1]) and 0.4 < np.mean(hits[1]) < 0.6
+  # Composited: C = sum w c + (1 - o) bg. Opaque pixels keep their colour,
+  # empty ones show the new colour, and a half-opaque one is halfway.
+  key = jax.random.key(3)
+  surface = jax.random.uniform(key, (2, 1, 3, 3))
+  opacity = jnp.asarray([[[0.0, 0.5, 1.0]]] * 2)
+  background = jnp.full((2, 1, 3, 3), 0.9)
+  rgb = surface * opacity[..., None] + (1 - opacity[..., None]) * background
+  use = jnp.asarray([True, False])
+  colors = jnp.asarray([[0.1, 0.2, 0.3]] * 2)
+  out = np.asarray(shading.replace_background(rgb, opacity, background, use,
+                                              colors))
+  np.testing.assert_allclose(out[1], rgb[1], atol=1e-7)
+  np.testing.assert_allclose(out[0, 0, 0], [0.1, 0.2, 0.3], atol=1e-6)
+  np.testing.assert_allclose(out[0, 0, 2], surface[0, 0, 2], atol=1e-6)
+  np.testing.assert_allclose(
+      out[0, 0, 1], 0.5 * surface[0, 0, 1] + 0.5 * np.asarray([.1, .2, .3]),
+      atol=1e-6)
+
+
 @pytest.mark.parametrize('field_kind', ['mlp', 'hashgrid'])
 def test_outputs_and_gradients_are_finite_for_extreme_inputs(field_kind):
   config = default.get_config()
@@ -288,3 +319,10 @@ def test_unknown_field_and_bad_resolution_are_refused():
   config.render.resolution = 0
   with pytest.raises(errors.UserError, match='render.resolution'):
     render.validate(config.render)
+  for name, value in (('random_background_prob', 1.5),
+                      ('random_background_colors', ((0.0, 0.0),)),
+                      ('random_background_colors', ((0.0, 0.0, 2.0),))):
+    config = default.get_config()
+    config.shading[name] = value
+    with pytest.raises(errors.UserError, match=f'shading.{name}'):
+      shading.validate(config.shading)

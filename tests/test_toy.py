@@ -196,6 +196,47 @@ def test_render_range_background_and_supersampling():
       small_mask, mask.reshape(4, _RES // 2, 2, _RES // 2, 2).mean((2, 4)))
 
 
+def test_a_photograph_over_black_plus_the_missed_share_is_any_backdrop():
+  """The image set composites each photograph over toy.background_colors
+  from one render over black and the share of sub-pixel rays that missed."""
+  cams = _four_cameras([0.0, 45.0, 120.0, 250.0], [10.0, 30.0, -10.0, 80.0],
+                       1.3, 1.0)
+  shade = shading.lambertian((4,))
+  black, mask = raytrace.render('a snowman', cams, _RES, shade,
+                                (0.0, 0.0, 0.0), supersample=2)
+  color = np.asarray([0.2, 0.4, 0.6], np.float32)
+  want, _ = raytrace.render('a snowman', cams, _RES, shade, color,
+                            supersample=2)
+  assert 0.0 < np.mean((mask > 0) & (mask < 1))  # Antialiased edges.
+  np.testing.assert_allclose(
+      np.asarray(black) + (1.0 - np.asarray(mask))[..., None] * color, want,
+      atol=1e-6)
+
+
+def test_the_image_set_shows_every_photograph_on_every_backdrop():
+  config = _toy_config()
+  config.toy.images_per_view = 1
+  config.toy.background_colors = ((0.5, 0.5, 0.5),)
+  grey, grey_groups = exact_prior.render_image_set(config)
+  config.toy.background_colors = ((0.5, 0.5, 0.5), (0.0, 0.0, 0.0))
+  both, groups = exact_prior.render_image_set(config)
+  assert len(both) == 2 * len(grey)
+  np.testing.assert_array_equal(np.sort(groups),
+                                np.sort(np.tile(grey_groups, 2)))
+  on_grey = both[np.arange(len(both)) % 8 < 4]
+  on_black = both[np.arange(len(both)) % 8 >= 4]
+  np.testing.assert_allclose(on_grey, grey, atol=1e-6)
+  # Same photographs: they differ by 0.5 x the missed share, the same in
+  # every channel, and by exactly 0.5 where nothing was hit.
+  diff = on_grey - on_black
+  np.testing.assert_allclose(diff[..., 0], diff[..., 2], atol=1e-6)
+  assert diff.min() > -1e-6 and diff.max() < 0.5 + 1e-6
+  assert np.mean(np.abs(diff - 0.5) < 1e-6) > 0.3
+  config.toy.background_colors = ((0.5, 0.5),)
+  with pytest.raises(errors.UserError, match='toy.background_colors'):
+    exact_prior.validate(config)
+
+
 def test_lit_sphere_follows_lambert():
   # Headlight on the camera, camera on the +x axis: the centre pixel sees the
   # surface head-on, so n . l = 1 and the colour is albedo (ambient + diffuse);
@@ -660,7 +701,7 @@ def test_untextured_photographs():
   shades on the object, r = g = b), and 0 leaves the image set as it was."""
   config = _toy_config()
   config.toy.images_per_view = 1
-  config.toy.background_color = (0.5, 0.5, 0.5)
+  config.toy.background_colors = ((0.5, 0.5, 0.5),)
   plain, groups = exact_prior.render_image_set(config)
   config.toy.textureless_prob = 0.0
   np.testing.assert_array_equal(exact_prior.render_image_set(config)[0], plain)

@@ -36,7 +36,10 @@ the objects would show: in their colours, lit by the sampled point light
 (with the config's ambient and diffuse terms) with probability toy.lit_prob
 and unlit (albedo only) otherwise; never textureless, since no photograph
 of "a blue sphere" is white. The NeRF's textureless renders then receive a
-signal about shape only, as they do from Stable Diffusion.
+signal about shape only, as they do from Stable Diffusion. Each photograph
+stands on each of toy.background_colors (solid backdrops): lit by random
+lights, a white object averages to mid-grey, so on a grey backdrop alone
+the images of "a snowman" at large t look like an empty backdrop.
 """
 
 import logging
@@ -114,11 +117,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise errors.UserError(
         f'toy.view_adherence = {t.view_adherence} is a probability; use a '
         'value in [0, 1] (1: view prompts are always obeyed).')
-  if len(t.background_color) != 3 or not all(
-      0.0 <= c <= 1.0 for c in t.background_color):
+  colors = t.background_colors
+  if (not colors or not all(hasattr(c, '__len__') for c in colors) or
+      not all(len(c) == 3 and all(0.0 <= v <= 1.0 for v in c)
+              for c in colors)):
     raise errors.UserError(
-        f'toy.background_color = {tuple(t.background_color)} is not an RGB '
-        'triple in [0, 1].')
+        f'toy.background_colors = {colors} must be one or more RGB triples '
+        'in [0, 1], e.g. ((0.5, 0.5, 0.5),).')
 
 
 _sample_cameras = jax.jit(cameras_lib.sample_cameras, static_argnums=(1, 2))
@@ -209,10 +214,14 @@ def render_image_set(config: ml_collections.ConfigDict
   Args:
     config: the full config (reads camera, shading, render.resolution, toy).
 
+  Each photograph appears once on each of toy.background_colors (solid
+  backdrops), in the same group.
+
   Returns:
-    images [N, H, W, 3] float32 in [0, 1], N = len(PROMPTS) * len(VIEWS) *
-    toy.images_per_view, H = W = render.resolution, grouped prompt-major then
-    view; groups [N] int32, the group_index of each image.
+    images [N, H, W, 3] float32 in [0, 1], N = len(PROMPTS) *
+    len(toy.background_colors) * len(VIEWS) * toy.images_per_view,
+    H = W = render.resolution, prompt-major; groups [N] int32, the
+    group_index of each image.
   """
   per_view = config.toy.images_per_view
   num = NUM_VIEWS * per_view
@@ -231,16 +240,25 @@ def render_image_set(config: ml_collections.ConfigDict
         diffuse=jnp.where(lit, config.shading.diffuse, 0.0),
         textureless=textureless.astype(jnp.float32))
     chunk = min(_CHUNK, num)
+    on_black, coverage = [], []
     for start in range(0, num, chunk):
       # Pad the last chunk (by wrapping around) so one compilation serves all.
       index = (start + np.arange(chunk)) % num
-      rgb, _ = raytrace.render(
+      rgb, mask = raytrace.render(
           p, jax.tree.map(lambda x: x[index], cams),
           config.render.resolution, jax.tree.map(lambda x: x[index], shade),
-          config.toy.background_color, config.toy.supersample)
-      images.append(np.asarray(rgb)[:min(chunk, num - start)])
-    groups.append(group_index(p, views))
-  return np.concatenate(images), np.concatenate(groups).astype(np.int32)
+          (0.0, 0.0, 0.0), config.toy.supersample)
+      on_black.append(np.asarray(rgb)[:min(chunk, num - start)])
+      coverage.append(np.asarray(mask)[:min(chunk, num - start)])
+    on_black = np.concatenate(on_black)
+    uncovered = 1.0 - np.concatenate(coverage)[..., None]
+    # A pixel averages its sub-pixel rays, so the photograph over colour c
+    # is the one over black plus c on the share of rays that missed.
+    for color in config.toy.background_colors:
+      images.append(on_black + uncovered * np.asarray(color, np.float32))
+      groups.append(group_index(p, views))
+  return (np.concatenate(images).astype(np.float32),
+          np.concatenate(groups).astype(np.int32))
 
 
 def view_weights(toy_config: ml_collections.ConfigDict) -> np.ndarray:
