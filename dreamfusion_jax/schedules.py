@@ -19,6 +19,12 @@ def learning_rate(optim_config: ml_collections.ConfigDict,
   """
   c = optim_config
   warmup = min(c.warmup_steps, max(num_steps - 1, 0))
+  if warmup == 0:
+    # The same cosine, without optax's empty warm-up (which logs a warning
+    # each time an optimizer is built).
+    return optax.cosine_decay_schedule(
+        init_value=c.learning_rate, decay_steps=max(num_steps, 1),
+        alpha=c.final_learning_rate / c.learning_rate)
   return optax.warmup_cosine_decay_schedule(
       init_value=c.init_learning_rate, peak_value=c.learning_rate,
       warmup_steps=warmup, decay_steps=max(num_steps, warmup + 1),

@@ -56,6 +56,16 @@ def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
   np.testing.assert_allclose(float(lr(600)), (1e-3 + 1e-5) / 2, rtol=1e-5)
 
 
+def test_learning_rate_without_warm_up_is_the_same_cosine():
+  c = default.get_config().optim
+  c.learning_rate, c.final_learning_rate, c.warmup_steps = 1e-2, 1e-3, 0
+  lr = schedules.learning_rate(c, 1000)
+  steps = np.array([0, 250, 500, 1000, 1200])
+  phase = np.minimum(steps / 1000, 1.0)
+  want = 1e-3 + (1e-2 - 1e-3) * 0.5 * (1.0 + np.cos(np.pi * phase))
+  np.testing.assert_allclose([float(lr(s)) for s in steps], want, rtol=1e-5)
+
+
 def test_learning_rate_peaks_before_the_end_of_a_short_run():
   c = default.get_config().optim
   c.warmup_steps = 500
