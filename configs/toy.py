@@ -3,7 +3,7 @@
 The prior is the exact denoiser of lit photographs of five known objects
 (dreamfusion_jax/toy), so a run needs no downloads and no accelerator, and
 the result can be scored against the true shape (toy.metrics). A full run,
-export included, takes about 4 minutes on a 2-core CPU:
+export included, takes about 2 minutes on a 2-core CPU:
 
   python experiments/train.py --config=configs/toy.py --workdir=/tmp/toy
 
