@@ -86,6 +86,8 @@ _ADDED_KEYS = {
     'loss': {'orientation_normalize': 'rays',
              'orientation_ramp_shape': 'geometric'},
     'optim': {'background_lr_multiplier': 1.0},
+    'shading': {'random_background_prob': 0.0,
+                'random_background_colors': []},
     # A run of one object.
     'prompts': [], 'prompts_file': '', 'seeds': [],
 }
@@ -94,6 +96,12 @@ _ADDED_KEYS = {
 def _with_added_keys(values: dict) -> dict:
   """A config.json's values with `_ADDED_KEYS` filled in where missing."""
   values = dict(values)
+  toy = values.get('toy')
+  if toy is not None and 'background_color' in toy:
+    # toy.background_color became toy.background_colors, a list of backdrops.
+    toy = dict(toy)
+    toy.setdefault('background_colors', [toy.pop('background_color')])
+    values['toy'] = toy
   for key, added in _ADDED_KEYS.items():
     if isinstance(added, dict):
       if key in values:

@@ -127,6 +127,13 @@ def shade(albedo, normals, points, light_position, params: ShadingParams):
   return rho * (diffuse * n_dot_l[..., None] + ambient)
 
 
+def is_rgb(value) -> bool:
+  """Whether a config value is an RGB triple in [0, 1]."""
+  return (isinstance(value, (tuple, list)) and len(value) == 3 and
+          all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0
+              for v in value))
+
+
 def validate(shading_config: ml_collections.ConfigDict) -> None:
   c = shading_config
   for name in ('lit_prob', 'textureless_prob'):
@@ -138,8 +145,7 @@ def validate(shading_config: ml_collections.ConfigDict) -> None:
         f'shading.random_background_prob = {c.random_background_prob} is '
         'not a probability; use [0, 1].')
   colors = c.random_background_colors
-  if not all(hasattr(v, '__len__') and len(v) == 3 and
-             all(0.0 <= x <= 1.0 for x in v) for v in colors):
+  if not all(is_rgb(v) for v in colors):
     raise errors.UserError(
         f'shading.random_background_colors = {colors} must be RGB triples in '
         '[0, 1], or () for uniformly random colours.')

@@ -196,11 +196,14 @@ def batch_loss(params, prior, keys, step, *, model, config, occupied=None):
       normal_mode=r.normals, normal_eps=r.normal_eps,
       field_chunk=r.field_chunk, occupancy=occupied,
       num_candidates=r.occupancy_candidates)
-  use_bg, bg_colors = _squeeze(jax.vmap(
-      lambda k: shading.random_backgrounds(jax.random.fold_in(k, 1),
-                                           config.shading, 1))(k_shade))
-  rgb = shading.replace_background(out['rgb'], out['opacity'],
-                                   out['background'], use_bg, bg_colors)
+  rgb = out['rgb']
+  use_bg = jnp.zeros(keys.shape[:1], bool)
+  if config.shading.random_background_prob > 0:
+    use_bg, bg_colors = _squeeze(jax.vmap(
+        lambda k: shading.random_backgrounds(jax.random.fold_in(k, 1),
+                                             config.shading, 1))(k_shade))
+    rgb = shading.replace_background(rgb, out['opacity'], out['background'],
+                                     use_bg, bg_colors)
   g = config.guidance
   t_max = schedules.t_max(step, g, config.num_steps)
 

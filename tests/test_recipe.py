@@ -11,6 +11,7 @@ import pytest
 
 from configs import default
 from configs import dreamfusion_sd
+from configs import toy as configs_toy
 from dreamfusion_jax import cameras
 from dreamfusion_jax import errors
 from dreamfusion_jax import losses
@@ -276,3 +277,17 @@ def test_configs_written_before_the_recipe_options_still_load(tmp_path):
   assert loaded.nerf.hash_start_levels == 0
   assert loaded.loss.orientation_normalize == 'rays'
   assert loaded.optim.background_lr_multiplier == 1.0
+
+
+def test_configs_written_before_random_backgrounds_still_load(tmp_path):
+  config = configs_toy.get_config().to_dict()
+  del config['shading']['random_background_prob']
+  del config['shading']['random_background_colors']
+  del config['toy']['background_colors']
+  config['toy']['background_color'] = [0.5, 0.5, 0.5]
+  (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(config))
+  loaded = runs.load_config(str(tmp_path))
+  assert loaded.shading.random_background_prob == 0.0
+  assert not loaded.shading.random_background_colors
+  assert [list(c) for c in loaded.toy.background_colors] == [[0.5, 0.5, 0.5]]
+  assert 'background_color' not in loaded.toy

@@ -118,9 +118,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
         f'toy.view_adherence = {t.view_adherence} is a probability; use a '
         'value in [0, 1] (1: view prompts are always obeyed).')
   colors = t.background_colors
-  if (not colors or not all(hasattr(c, '__len__') for c in colors) or
-      not all(len(c) == 3 and all(0.0 <= v <= 1.0 for v in c)
-              for c in colors)):
+  if not colors or not all(shading_lib.is_rgb(c) for c in colors):
     raise errors.UserError(
         f'toy.background_colors = {colors} must be one or more RGB triples '
         'in [0, 1], e.g. ((0.5, 0.5, 0.5),).')
