@@ -32,8 +32,16 @@ prior and configs/toy_biased.py's levels):
   python experiments/evaluate.py --mode=janus --root=/tmp/janus \
       [--seeds=0,1,2,3,4] [--methods=...] [--priors=exact,moderate,strong]
 
+How far each true object is from a fixed point of SDS, per shading mode
+(albedo / lit / textureless renders of the true shape; no training, about a
+minute for the five objects):
+
+  python experiments/evaluate.py --mode=truth --root=/tmp/truth \
+      [--prompts=...] [--config.toy.textureless_prob=0.25]
+
 All print a table and write JSON under --root (toy_results.json,
-ablation_results.json, janus_results.json, clip_results.json) or to --out.
+ablation_results.json, janus_results.json, truth_results.json,
+clip_results.json) or to --out.
 """
 
 import os
@@ -49,7 +57,7 @@ from ml_collections import config_flags
 from dreamfusion_jax import launch
 
 _MODE = flags.DEFINE_enum('mode', 'toy',
-                          ['toy', 'ablation', 'janus', 'clip'],
+                          ['toy', 'ablation', 'janus', 'truth', 'clip'],
                           'What to score.')
 _ROOT = flags.DEFINE_string('root', None, 'Folder of the runs.')
 _OUT = flags.DEFINE_string('out', None, 'Results JSON (default under root).')
@@ -125,6 +133,15 @@ def main(argv):
     print(janus.format_janus_table(results))
     if _OUT.value:
       files.write_json(_OUT.value, results)
+  elif _MODE.value == 'truth':
+    # pylint: disable-next=g-import-not-at-top
+    from dreamfusion_jax.evaluation import sds_at_truth
+    results = sds_at_truth.evaluate(_CONFIG.value,
+                                    _PROMPTS.value or toy_sweep.TOY_PROMPTS)
+    print(sds_at_truth.format_table(results))
+    files.write_json(
+        _OUT.value or os.path.join(_ROOT.value, 'truth_results.json'),
+        results)
   elif _MODE.value in ('toy', 'ablation'):
     seeds = _seeds()
     prompts = _PROMPTS.value or toy_sweep.TOY_PROMPTS

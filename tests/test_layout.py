@@ -43,7 +43,7 @@ FLOORS = {
     'evaluation': 5, 'evaluation.clip_model': 5,
     'evaluation.clip_r_precision': 5, 'evaluation.toy_sweep': 5,
     'evaluation.ablation': 5,
-    'evaluation.janus': 5,
+    'evaluation.janus': 5, 'evaluation.sds_at_truth': 5,
 }
 
 MAX_LINES = 500

@@ -7,4 +7,6 @@
                     (prompt, seed) and scores it against the true object
   janus             the Janus table: where the snowman's nose grows, per
                     guidance fix and prior bias
+  sds_at_truth      the expected SDS gradient at the true object's renders,
+                    per shading mode: what each mode pulls the truth towards
 """

@@ -1,0 +1,77 @@
+"""The expected SDS gradient at the true object (evaluation/sds_at_truth).
+
+The exact prior has seen its objects only in colour, lit or not: a white
+render of the red cube is out of its distribution, so SDS pulls that
+render much harder than a lit one, and clay photographs in the prior's
+set (toy.textureless_prob) are what shrink the pull. The snowman is white
+already, so its textureless and lit renders are nearly the same image and
+meet nearly the same pull. A faint red cube is pulled back to full
+opacity by a prior of coloured photographs and faded further by one where
+half of them are white. Each property fails if the textureless path
+(shading or the prior's clay photographs) or the opacity rate's sign is
+wrong.
+"""
+
+import pytest
+
+from configs import toy
+from dreamfusion_jax.evaluation import sds_at_truth
+
+_CAMERAS, _NOISE = 12, 8
+_FAINT = 0.3
+
+
+def _config(clay=0.0):
+  # The default set (100 photographs per view): in a much smaller one the
+  # nearest photographs' other cameras and lights pull every render hard.
+  config = toy.get_config()
+  config.toy.textureless_prob = clay
+  return config
+
+
+@pytest.fixture(scope='module')
+def cube():
+  return sds_at_truth.gradient_at_truth(_config(), 'a red cube', _CAMERAS,
+                                        _NOISE, opacities=(_FAINT,))
+
+
+def test_white_render_of_a_red_cube_meets_a_stronger_pull(cube):
+  assert set(cube) == set(sds_at_truth.MODES)
+  assert cube['textureless']['object'] > 1.5 * cube['lit']['object']
+
+
+@pytest.fixture(scope='module')
+def clay():
+  return sds_at_truth.gradient_at_truth(_config(clay=0.5), 'a red cube',
+                                        _CAMERAS, _NOISE, opacities=(_FAINT,))
+
+
+def test_clay_photographs_shrink_the_textureless_pull(cube, clay):
+  assert clay['textureless']['object'] < 0.85 * cube['textureless']['object']
+
+
+def test_faint_cube_grows_back_and_white_photographs_fade_it(cube, clay):
+  faint = f'{_FAINT:g}'
+  assert set(cube['lit']['opacity_rate']) == {faint}
+  for mode in ('albedo', 'lit'):
+    assert cube[mode]['opacity_rate'][faint] > 0.2
+    assert clay[mode]['opacity_rate'][faint] < 0.0
+
+
+def test_white_snowman_textureless_and_lit_pulls_match():
+  snowman = sds_at_truth.gradient_at_truth(_config(), 'a snowman', _CAMERAS,
+                                           _NOISE, opacities=())
+  ratio = snowman['textureless']['object'] / snowman['lit']['object']
+  assert 0.8 < ratio < 1.25
+
+
+def test_table_has_one_row_per_prompt(cube):
+  results = {'num_cameras': _CAMERAS, 'num_noise': _NOISE,
+             'images_per_view': 100, 'textureless_photographs': 0.0,
+             'prompts': {'a red cube': cube}}
+  table = sds_at_truth.format_table(results)
+  rows = [line for line in table.splitlines() if line.startswith('| a red')]
+  assert len(rows) == 2  # The pulls' table and the opacity rates'.
+  ratio = cube['textureless']['object'] / cube['lit']['object']
+  assert rows[0].endswith(f'| {ratio:.2f} |')
+  assert f"{cube['lit']['opacity_rate'][f'{_FAINT:g}']:+.2f}" in rows[1]
