@@ -33,8 +33,8 @@ prior and configs/toy_biased.py's levels):
       [--seeds=0,1,2,3,4] [--methods=...] [--priors=exact,moderate,strong]
 
 How far each true object is from a fixed point of SDS, per shading mode
-(albedo / lit / textureless renders of the true shape; no training, about a
-minute for the five objects):
+(albedo / lit / textureless renders of the true shape; no training, under two
+minutes for the five objects):
 
   python experiments/evaluate.py --mode=truth --root=/tmp/truth \
       [--prompts=...] [--config.toy.textureless_prob=0.25]

@@ -14,7 +14,9 @@ wrong.
 
 import pytest
 
+from configs import dreamfusion_sd
 from configs import toy
+from dreamfusion_jax import errors
 from dreamfusion_jax.evaluation import sds_at_truth
 
 _CAMERAS, _NOISE = 12, 8
@@ -75,3 +77,12 @@ def test_table_has_one_row_per_prompt(cube):
   ratio = cube['textureless']['object'] / cube['lit']['object']
   assert rows[0].endswith(f'| {ratio:.2f} |')
   assert f"{cube['lit']['opacity_rate'][f'{_FAINT:g}']:+.2f}" in rows[1]
+
+
+def test_bad_input_is_refused_before_any_work():
+  with pytest.raises(errors.UserError, match='toy config'):
+    sds_at_truth.evaluate(dreamfusion_sd.get_config(), ['a red cube'])
+  with pytest.raises(errors.UserError, match='not a toy-world prompt'):
+    sds_at_truth.evaluate(toy.get_config(), ['a red cube', 'a cat'])
+  with pytest.raises(errors.UserError, match='at least one'):
+    sds_at_truth.evaluate(toy.get_config(), [])

@@ -34,10 +34,12 @@ import numpy as np
 from scipy import ndimage
 
 from dreamfusion_jax import cameras as cameras_lib
+from dreamfusion_jax import errors
 from dreamfusion_jax import guidance
 from dreamfusion_jax import shading as shading_lib
 from dreamfusion_jax.guidance import sds
 from dreamfusion_jax.toy import exact_prior
+from dreamfusion_jax.toy import objects
 from dreamfusion_jax.toy import raytrace
 
 MODES = ('albedo', 'lit', 'textureless')
@@ -135,7 +137,19 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
 
 def evaluate(config: ml_collections.ConfigDict, prompts: Sequence[str],
              num_cameras: int = 48, num_noise: int = 24) -> Dict:
-  """`gradient_at_truth` for each prompt: {'prompts': {prompt: ...}, ...}."""
+  """`gradient_at_truth` for each prompt: {'prompts': {prompt: ...}, ...}.
+
+  Checks the config and every prompt before any work: the measurement
+  needs the exact prior and a true object.
+  """
+  if config.guidance.model != 'toy':
+    raise errors.UserError(
+        f"guidance.model = '{config.guidance.model}'; the gradient at the "
+        'true shape needs a toy config such as configs/toy.py.')
+  if not prompts:
+    raise errors.UserError('Pass at least one toy prompt.')
+  for prompt in prompts:
+    objects.check_prompt(prompt)
   return {
       'num_cameras': num_cameras,
       'num_noise': num_noise,
