@@ -7,9 +7,11 @@ set (toy.textureless_prob) are what shrink the pull. The snowman is white
 already, so its textureless and lit renders are nearly the same image and
 meet nearly the same pull. A faint red cube is pulled back to full
 opacity by a prior of coloured photographs and faded further by one where
-half of them are white. Each property fails if the textureless path
-(shading or the prior's clay photographs) or the opacity rate's sign is
-wrong.
+half of them are white and stand on grey, black and white backdrops. On
+those backdrops a faint white snowman is hardly pulled back; on the
+default's cyan, magenta and yellow it is. Each property fails if the
+textureless path (shading or the prior's clay photographs), the
+backdrops' compositing or the opacity rate's sign is wrong.
 """
 
 import pytest
@@ -21,13 +23,17 @@ from dreamfusion_jax.evaluation import sds_at_truth
 
 _CAMERAS, _NOISE = 12, 8
 _FAINT = 0.3
+_GREYS = ((0.5, 0.5, 0.5), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
-def _config(clay=0.0):
+def _config(clay=0.0, backdrops=None):
   # The default set (100 photographs per view): in a much smaller one the
   # nearest photographs' other cameras and lights pull every render hard.
   config = toy.get_config()
   config.toy.textureless_prob = clay
+  if backdrops is not None:
+    config.toy.background_colors = backdrops
+    config.shading.random_background_colors = backdrops
   return config
 
 
@@ -44,8 +50,9 @@ def test_white_render_of_a_red_cube_meets_a_stronger_pull(cube):
 
 @pytest.fixture(scope='module')
 def clay():
-  return sds_at_truth.gradient_at_truth(_config(clay=0.5), 'a red cube',
-                                        _CAMERAS, _NOISE, opacities=(_FAINT,))
+  return sds_at_truth.gradient_at_truth(_config(clay=0.5, backdrops=_GREYS),
+                                        'a red cube', _CAMERAS, _NOISE,
+                                        opacities=(_FAINT,))
 
 
 def test_clay_photographs_shrink_the_textureless_pull(cube, clay):
@@ -65,6 +72,18 @@ def test_white_snowman_textureless_and_lit_pulls_match():
                                            _NOISE, opacities=())
   ratio = snowman['textureless']['object'] / snowman['lit']['object']
   assert 0.8 < ratio < 1.25
+
+
+def test_chromatic_backdrops_pull_a_faint_snowman_back():
+  faint = f'{_FAINT:g}'
+  rates = {}
+  for name, backdrops in (('default', None), ('greys', _GREYS)):
+    result = sds_at_truth.gradient_at_truth(
+        _config(backdrops=backdrops), 'a snowman', _CAMERAS, _NOISE,
+        opacities=(_FAINT,))
+    rates[name] = result['lit']['opacity_rate'][faint]
+  assert rates['default'] > 0.2, rates
+  assert rates['default'] > rates['greys'] + 0.15, rates
 
 
 def test_table_has_one_row_per_prompt(cube):
