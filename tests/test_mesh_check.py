@@ -25,8 +25,8 @@ class _BelowTarget(AssertionError):
 @pytest.mark.filterwarnings('ignore:os.fork:RuntimeWarning')
 @pytest.mark.xfail(strict=True, raises=_BelowTarget, reason=(
     'The toy default now runs the Stable Diffusion recipe, whose toy objects '
-    'are soft clouds (density 1-3): their renders are blurred where a mesh '
-    'has a hard edge (sphere 21.2 dB; 29.7 dB on the earlier, sharp recipe).'))
+    'are soft (density 1-5): their renders are blurred where a mesh '
+    'has a hard edge (sphere 18.7 dB; 29.7 dB on the earlier, sharp recipe).'))
 @pytest.mark.parametrize('prompt', ['a blue sphere', 'a red cube'])
 def test_exported_mesh_renders_like_the_field(prompt, tmp_path):
   config = toy.get_config()
