@@ -34,12 +34,11 @@ import numpy as np
 from scipy import ndimage
 
 from dreamfusion_jax import cameras as cameras_lib
-from dreamfusion_jax import errors
 from dreamfusion_jax import guidance
 from dreamfusion_jax import shading as shading_lib
+from dreamfusion_jax.evaluation import toy_sweep
 from dreamfusion_jax.guidance import sds
 from dreamfusion_jax.toy import exact_prior
-from dreamfusion_jax.toy import objects
 from dreamfusion_jax.toy import raytrace
 
 MODES = ('albedo', 'lit', 'textureless')
@@ -142,14 +141,7 @@ def evaluate(config: ml_collections.ConfigDict, prompts: Sequence[str],
   Checks the config and every prompt before any work: the measurement
   needs the exact prior and a true object.
   """
-  if config.guidance.model != 'toy':
-    raise errors.UserError(
-        f"guidance.model = '{config.guidance.model}'; the gradient at the "
-        'true shape needs a toy config such as configs/toy.py.')
-  if not prompts:
-    raise errors.UserError('Pass at least one toy prompt.')
-  for prompt in prompts:
-    objects.check_prompt(prompt)
+  toy_sweep.check_toy_inputs(config, prompts)
   return {
       'num_cameras': num_cameras,
       'num_noise': num_noise,

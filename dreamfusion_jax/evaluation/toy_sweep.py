@@ -12,7 +12,7 @@ import copy
 import json
 import os
 import time
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import ml_collections
 import numpy as np
@@ -148,6 +148,23 @@ def _summary(runs: Sequence[Dict]) -> Dict:
   }
 
 
+def check_toy_inputs(config: ml_collections.ConfigDict,
+                     prompts: Sequence[str],
+                     seeds: Optional[Sequence[int]] = None) -> None:
+  """Raises UserError unless `config` drives the exact prior and `prompts`
+  (and `seeds`, where the evaluation takes them) are non-empty and known."""
+  if config.guidance.model != 'toy':
+    raise errors.UserError(
+        f"guidance.model = '{config.guidance.model}'; this evaluation needs "
+        'a toy config such as configs/toy.py.')
+  if not prompts:
+    raise errors.UserError('Pass at least one toy prompt (--prompts).')
+  if seeds is not None and not seeds:
+    raise errors.UserError('Pass at least one seed (--seeds).')
+  for prompt in prompts:
+    toy_objects.check_prompt(prompt, flag='--prompts')
+
+
 def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
                  prompts: Sequence[str] = TOY_PROMPTS,
                  seeds: Sequence[int] = (0, 1, 2), threshold: float = 5.0,
@@ -176,14 +193,7 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
     'normal_angle', 'normal_angle_mean', 'nose_front', 'nose_back' (run
     counts; None but for the snowman), 'minutes_per_run'}.
   """
-  if config.guidance.model != 'toy':
-    raise errors.UserError(
-        f"guidance.model = '{config.guidance.model}'; the toy evaluation "
-        'needs a toy config such as configs/toy.py.')
-  if not prompts or not seeds:
-    raise errors.UserError('Pass at least one toy prompt and one seed.')
-  for prompt in prompts:
-    toy_objects.check_prompt(prompt)
+  check_toy_inputs(config, prompts, seeds)
   config = copy.deepcopy(config)
   config.export.at_end = bool(export)
   pairs = [(prompt, int(seed)) for prompt in prompts for seed in seeds]

@@ -183,13 +183,12 @@ def _split(points):
   return points[..., 0], points[..., 1], points[..., 2]
 
 
-def check_prompt(name: str) -> None:
-  """Raises UserError unless `name` is one of PROMPTS."""
+def check_prompt(name: str, flag: str = '--config.prompt') -> None:
+  """Raises UserError unless `name` is one of PROMPTS; the fix names `flag`."""
   if name not in _OBJECTS:
     known = ', '.join(repr(p) for p in PROMPTS)
     raise errors.UserError(
-        f'{name!r} is not a toy-world prompt; set --config.prompt to one of '
-        f'{known}.')
+        f'{name!r} is not a toy-world prompt; set {flag} to one of {known}.')
 
 
 def prompt_index(name: str) -> int:
