@@ -10,7 +10,7 @@ run grows a face on its back:
   python experiments/train.py --config=configs/toy_biased.py \
       --workdir=/tmp/toy_biased --config.prompt="a snowman"
 
-Two bias levels: 'strong' (the default) and 'moderate', e.g.
+Three bias levels: 'strong' (the default), 'moderate' and 'severe', e.g.
 --config=configs/toy_biased.py:moderate.
 """
 
@@ -29,12 +29,18 @@ LEVELS = {
     # Backs are rare (3%), and '..., back view' gives a back only about a
     # quarter of the time (0.2 + 0.8 * 0.03), a front two thirds.
     'strong': ((0.8, 0.15, 0.03, 0.02), 0.2),
+    # A back in 1% of the photographs, and '..., back view' obeyed a tenth
+    # of the time: a back camera's prompt gives a front 81% of the time
+    # (0.9 * 0.9), a back 11%.
+    'severe': ((0.9, 0.08, 0.01, 0.01), 0.1),
 }
-# Measured (README, the Janus problem; seed 0, view prompts): at both
-# levels the snowman grew no nose at all, on neither side, where the exact
-# prior grows it on the front only. So far this bias suppresses the nose
-# rather than doubling it: the levels are not yet calibrated to reproduce
-# the Janus problem.
+# Measured (README, the Janus problem; seeds 0-4, density > 1): without view
+# prompts, strong bias paints an orange nose on both sides in 2 of 5 seeds
+# (the Janus problem); with view prompts, a back nose in 1 of 5 at every
+# level (both sides at strong and severe, back only at moderate). Most runs grow no nose at all:
+# the bias suppresses the nose more than it doubles it, so with view prompts
+# these levels do not yet reproduce the problem as often as Stable Diffusion
+# shows it.
 
 
 def get_config(level: str = 'strong') -> ml_collections.ConfigDict:
