@@ -17,6 +17,7 @@ Three bias levels: 'strong' (the default), 'moderate' and 'severe', e.g.
 import ml_collections
 
 from configs import toy
+from dreamfusion_jax import errors
 
 # (view_frequencies over front, side, back, overhead; view_adherence).
 LEVELS = {
@@ -37,13 +38,17 @@ LEVELS = {
 # Measured (README, the Janus problem; seeds 0-4, density > 1): without view
 # prompts, strong bias paints an orange nose on both sides in 2 of 5 seeds
 # (the Janus problem); with view prompts, a back nose in 1 of 5 at every
-# level (both sides at strong and severe, back only at moderate). Most runs grow no nose at all:
-# the bias suppresses the nose more than it doubles it, so with view prompts
-# these levels do not yet reproduce the problem as often as Stable Diffusion
-# shows it.
+# level (both sides at strong and severe, back only at moderate). Most runs
+# grow no nose at all: the bias suppresses the nose more than it doubles it,
+# so with view prompts these levels do not yet reproduce the problem as
+# often as Stable Diffusion shows it.
 
 
 def get_config(level: str = 'strong') -> ml_collections.ConfigDict:
+  if level not in LEVELS:
+    raise errors.UserError(
+        f"'{level}' is not a bias level of configs/toy_biased.py; use one of "
+        f"{', '.join(LEVELS)}, e.g. --config=configs/toy_biased.py:moderate.")
   config = toy.get_config()
   frequencies, adherence = LEVELS[level]
   config.toy.view_frequencies = frequencies

@@ -50,12 +50,29 @@ class _DropLibraryChatter(std_logging.Filter):
     return record.levelno > std_logging.INFO or '/orbax/' not in record.pathname
 
 
+def _innermost_user_error(error):
+  """The first UserError raised under `error`, or None.
+
+  A config file's own check of its argument (configs/toy_biased.py:<level>)
+  reaches the flag parser re-raised by ml_collections with its traceback
+  folded into the message; the first one carries the sentence alone.
+  """
+  found = None
+  while error is not None:
+    if isinstance(error, errors.UserError):
+      found = error
+    error = error.__cause__ or error.__context__
+  return found
+
+
 def _parse_flags(argv):
   """absl's flag parsing, with a bad --config.<field> as one sentence."""
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    _exit(f'{e}; run with --helpfull for the flags.')
+    user_error = _innermost_user_error(e)
+    _exit(str(user_error) if user_error else
+          f'{e}; run with --helpfull for the flags.')
   except (AttributeError, KeyError) as e:
     # ml_collections reports an unknown field of a locked config this way.
     names = [a.split('=', 1)[0] for a in argv[1:] if a.startswith('--config.')]

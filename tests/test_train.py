@@ -378,6 +378,21 @@ def test_unknown_config_field_is_one_sentence(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
+def test_unknown_bias_level_is_one_sentence(tmp_path):
+  """A config file's own argument check (configs/toy_biased.py:<level>)."""
+  proc = subprocess.run(
+      [sys.executable, LAUNCHER, '--config=configs/toy_biased.py:extreme',
+       f'--workdir={tmp_path / "run"}'],
+      env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stdout + proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr[-2000:]
+  assert lines[0].startswith("error: 'extreme' is not a bias level")
+  assert 'moderate, strong, severe' in lines[0]
+  assert not (tmp_path / 'run').exists()
+
+
 def test_checkpoint_restores_on_a_different_device_count(tmp_path):
   """A state saved from 4 devices restores onto this process's 1 device."""
   proc = subprocess.run(
