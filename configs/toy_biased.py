@@ -38,9 +38,10 @@ LEVELS = {
 # Measured (README, the Janus problem; seeds 0-4, density > 1): without view
 # prompts, strong bias paints an orange nose on both sides in 2 of 5 seeds
 # (the Janus problem); with view prompts, a back nose in 1 of 5 at every
-# level (both sides at strong and severe, back only at moderate). Most runs
-# grow no nose at all: the bias suppresses the nose more than it doubles it,
-# so with view prompts these levels do not yet reproduce the problem as
+# level (both sides at strong and severe, back only at moderate), and a
+# nose on a side only in 1 (strong) and 2 (severe) of 5. Most other runs
+# grow no nose at all: the bias suppresses the nose more than it doubles
+# it, so with view prompts these levels do not yet reproduce the problem as
 # often as Stable Diffusion shows it.
 
 

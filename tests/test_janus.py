@@ -33,6 +33,13 @@ def test_classify():
   assert janus.classify({'front': False, 'back': True}) == 'flipped'
   assert janus.classify({'front': True, 'back': True}) == 'janus'
   assert janus.classify({'front': False, 'back': False}) == 'none'
+  # Side noses: a second face turned by 90 degrees.
+  side = {'front': False, 'back': False, 'side': True}
+  assert janus.classify(side) == 'side'
+  assert janus.classify({**side, 'front': True}) == 'janus'
+  assert janus.classify({**side, 'back': True}) == 'flipped'
+  assert janus.classify({'front': True, 'back': False,
+                         'side': False}) == 'right'
 
 
 def test_run_config_sets_the_method_and_the_bias():

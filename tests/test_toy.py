@@ -644,10 +644,23 @@ def test_seen_albedo_error_scores_the_surface_the_rays_find():
 def test_janus_check():
   name = 'a snowman'
   right = metrics.janus_check(_true_density(name), _true_albedo(name), 5.0)
-  assert right['front'] and not right['back']
+  assert right['front'] and not right['back'] and not right['side']
+  assert right['front_occupancy'] == pytest.approx(right['gt_occupancy'])
   flipped = metrics.janus_check(_true_density(name, mirror=True),
                                 _true_albedo(name, mirror=True), 5.0)
-  assert flipped['back'] and not flipped['front']
+  assert flipped['back'] and not flipped['front'] and not flipped['side']
+
+  # The snowman turned by +90 degrees about the vertical axis: its nose
+  # points along +y, the left. (x, y) -> (y, -x) turns a point back.
+  def turned(fn):
+    return jax.jit(lambda p: fn(jnp.stack([p[:, 1], -p[:, 0], p[:, 2]], -1)))
+
+  left = metrics.janus_check(turned(_true_density(name)),
+                             turned(_true_albedo(name)), 5.0)
+  assert left['left'] and left['side']
+  assert not (left['front'] or left['back'] or left['right'])
+  assert left['left_occupancy'] == pytest.approx(left['gt_occupancy'],
+                                                 abs=1e-6)
 
   @jax.jit
   def two_noses(points):
@@ -670,7 +683,7 @@ def test_janus_check():
 
   white = lambda p: jnp.broadcast_to(jnp.array(objects.WHITE), p.shape)
   bald = metrics.janus_check(no_nose, white, 5.0)
-  assert not bald['front'] and not bald['back']
+  assert not (bald['front'] or bald['back'] or bald['side'])
   # A nose painted onto the back of the head, without geometry, counts.
   painted = metrics.janus_check(
       no_nose, lambda p: jnp.where(p[:, :1] < 0.0, jnp.array(objects.ORANGE),

@@ -7,9 +7,10 @@ problem) or instead. `janus_evaluate` trains (or reuses) one run per
 janus_check:
 
   right    a nose on the front only
-  flipped  on the back only
-  janus    on both
-  none     on neither
+  flipped  on the back, none on the front
+  janus    on the front and on the back or a side (two faces)
+  side     on a side (left or right) only
+  none     nowhere
 
 Methods are the guidance settings of guidance/views.py (METHODS); prior
 settings are (toy.view_frequencies, toy.view_adherence) pairs, the exact
@@ -49,7 +50,7 @@ LABELS = {
     'interpolation': 'interpolated views',
     'perp_neg': 'Perp-Neg',
 }
-OUTCOMES = ('right', 'flipped', 'janus', 'none')
+OUTCOMES = ('right', 'flipped', 'janus', 'side', 'none')
 # The exact prior: every view equally often, view prompts always obeyed.
 EXACT = ((0.25, 0.25, 0.25, 0.25), 1.0)
 
@@ -57,13 +58,17 @@ PriorSetting = Tuple[Sequence[float], float]
 
 
 def classify(check: Mapping[str, object]) -> str:
-  """One of OUTCOMES from a janus_check dict (its 'front' and 'back')."""
+  """One of OUTCOMES from a janus_check dict (its 'front', 'back', 'side').
+
+  Checks written before side noses were scored have no 'side': none there.
+  """
   front, back = bool(check['front']), bool(check['back'])
-  if front and back:
-    return 'janus'
+  side = bool(check.get('side', False))
   if front:
-    return 'right'
-  return 'flipped' if back else 'none'
+    return 'janus' if back or side else 'right'
+  if back:
+    return 'flipped'
+  return 'side' if side else 'none'
 
 
 def run_config(config: ml_collections.ConfigDict, method: str,
@@ -161,13 +166,14 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
 
 
 def format_janus_table(results: Dict) -> str:
-  """Markdown: per method and prior setting, right / flipped / Janus / none."""
+  """Markdown: per method and prior setting, the runs of each OUTCOME."""
   names = list(results['counts'])
   seeds = {r['seed'] for r in results['runs']}
   lines = [
       f"Snowman nose over {len(seeds)} seed(s), {results['num_steps']} "
       f"steps, density > {results['threshold']:g}: runs with the nose on "
-      'the front only / back only / both (Janus) / neither.', '',
+      'the front only / the back, not the front / the front and the back or '
+      'a side (Janus) / a side only / none.', '',
       '| method | ' + ' | '.join(
           f'{n} (f = {tuple(results["settings"][n][0])}, '
           f'a = {results["settings"][n][1]:g})' for n in names) + ' |',

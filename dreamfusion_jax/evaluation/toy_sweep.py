@@ -140,9 +140,11 @@ def _summary(runs: Sequence[Dict]) -> Dict:
       'albedo_error_mean': float(albedo.mean()),
       'normal_angle': angle.tolist(),
       'normal_angle_mean': float(angle.mean()),
-      # Runs with a nose on the front / on the back (snowman only).
+      # Runs with a nose on the front / the back / a side (snowman only).
       'nose_front': sum(j['front'] for j in janus) if janus else None,
       'nose_back': sum(j['back'] for j in janus) if janus else None,
+      'nose_side': (sum(j.get('side', False) for j in janus) if janus
+                    else None),
       'minutes_per_run': float(np.mean([r['train_seconds']
                                         for r in runs])) / 60.0,
   }
@@ -190,8 +192,8 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
     'step', 'iou', 'albedo_error', 'normal_angle', 'janus', 'train_seconds',
     'trained_now') and 'prompts' {prompt: summary over seeds: 'seeds',
     'iou', 'iou_mean', 'iou_std', 'albedo_error', 'albedo_error_mean',
-    'normal_angle', 'normal_angle_mean', 'nose_front', 'nose_back' (run
-    counts; None but for the snowman), 'minutes_per_run'}.
+    'normal_angle', 'normal_angle_mean', 'nose_front', 'nose_back',
+    'nose_side' (run counts; None but for the snowman), 'minutes_per_run'}.
   """
   check_toy_inputs(config, prompts, seeds)
   config = copy.deepcopy(config)
@@ -222,7 +224,7 @@ def format_toy_table(results: Dict) -> str:
   """A plain-text table of toy_evaluate's results, one row per prompt."""
   header = (f"{'prompt':<16}{'seeds':>6}  {'IoU mean+-std':<15}"
             f"{'IoU per seed':<24}{'albedo err':>11}{'normal deg':>11}"
-            f"{'nose F/B':>10}{'min/run':>9}")
+            f"{'nose F/B/S':>11}{'min/run':>9}")
   lines = [
       f"Toy world: IoU at density > {results['threshold']:g} on a "
       f"{results['iou_resolution']}^3 grid, {results['num_steps']} steps",
@@ -230,11 +232,12 @@ def format_toy_table(results: Dict) -> str:
   for prompt, row in results['prompts'].items():
     per_seed = ' '.join(f'{v:.3f}' for v in row['iou'])
     nose = ('-' if row['nose_front'] is None
-            else f"{row['nose_front']}/{row['nose_back']}")
+            else f"{row['nose_front']}/{row['nose_back']}/"
+            f"{row['nose_side']}")
     lines.append(
         f"{prompt:<16}{len(row['seeds']):>6}  "
         f"{row['iou_mean']:.3f}+-{row['iou_std']:.3f}".ljust(39)
         + f"{per_seed:<24}{row['albedo_error_mean']:>11.3f}"
-        f"{row['normal_angle_mean']:>11.1f}{nose:>10}"
+        f"{row['normal_angle_mean']:>11.1f}{nose:>11}"
         f"{row['minutes_per_run']:>9.2f}")
   return '\n'.join(lines)

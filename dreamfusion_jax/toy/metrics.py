@@ -20,8 +20,9 @@ Metrics:
                 at points spread uniformly in area on the true surface: how
                 well the shape's surface, not only its silhouette, is made.
   janus_check   for the snowman: does the generated object have a nose on
-                the front (+x), and one on the back (-x)? The right answer is
-                front only; a nose on both sides is the Janus problem.
+                the front (+x), the back (-x), the left (+y), the right (-y)?
+                The right answer is the front only; a nose on the back as
+                well is the Janus problem.
 
 The results depend on the density threshold (the surface of a NeRF is soft):
 DESIGN.md section 7 found density > 5 a good surface level for the toy
@@ -253,13 +254,14 @@ def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
   return (weights[..., None] * albedo).sum(1) + (1.0 - opacity) * background
 
 
-def _nose_box(resolution: int, side: float) -> np.ndarray:
-  """Cell centres of the box around the snowman's nose, mirrored by `side`.
+def _nose_box(resolution: int, side: str) -> np.ndarray:
+  """Cell centres of the box around the snowman's nose, turned to `side`.
 
   The box spans x in [0.18, 0.52] (from just inside the head's surface, which
   the nose leaves at x ~ 0.2, to past the apex at 0.5), and y, z within 0.12
-  of the nose's axis (its base radius is 0.1); side = -1 mirrors it to the
-  back (x -> -x). Grid: (3 n/2, n, n).
+  of the nose's axis (its base radius is 0.1). `side` (a key of _SIDES)
+  turns it about the vertical axis through the head: 'back' to -x, 'left'
+  to +y, 'right' to -y. Grid: (3 n/2, n, n).
   """
   nx = 3 * resolution // 2
   x0, x1 = objects.HEAD_RADIUS - 0.04, objects.NOSE_TIP[0] + 0.02
@@ -267,17 +269,26 @@ def _nose_box(resolution: int, side: float) -> np.ndarray:
   xs = x0 + (np.arange(nx) + 0.5) * (x1 - x0) / nx
   ys = -half + (np.arange(resolution) + 0.5) * 2.0 * half / resolution
   zs = objects.HEAD_CENTER[2] + ys
-  grid = np.stack(np.meshgrid(side * xs, ys, zs, indexing='ij'), -1)
+  x, y, z = np.meshgrid(xs, ys, zs, indexing='ij')
+  c, s = _SIDES[side]
+  grid = np.stack([c * x - s * y, s * x + c * y, z], -1)
   return grid.reshape(-1, 3).astype(np.float32)
+
+
+# (cos, sin) of the turn about the vertical axis that takes the front (+x)
+# to each side of the head.
+_SIDES = {'front': (1.0, 0.0), 'back': (-1.0, 0.0), 'left': (0.0, 1.0),
+          'right': (0.0, -1.0)}
 
 
 def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
                 resolution: int = 16,
                 orange_share: float = 0.5) -> Dict[str, object]:
-  """Whether a generated snowman has its nose on the front and/or the back.
+  """Where a generated snowman has noses: front, back and the two sides.
 
-  For each side (front: the true nose's box around x = +0.35, y = 0,
-  z = 0.3; back: its mirror image at -x), on a grid over the box:
+  For each side of the head (front: the true nose's box around x = +0.35,
+  y = 0, z = 0.3; back, left and right: that box turned about the vertical
+  axis through the head to -x, +y and -y), on a grid over the box:
 
   * occupancy: the share of the grid points outside the true head (head SDF
     > 0.02) where density > threshold. The true nose fills `gt_occupancy`
@@ -287,8 +298,10 @@ def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
     orange than to the body's white; 0 when under 1% of the box is occupied.
 
   A side has a nose when occupancy >= gt_occupancy / 2, or orange >=
-  `orange_share`. A correct snowman gives front=True, back=False; the Janus
-  problem gives back=True.
+  `orange_share`. A correct snowman has a nose on the front and nowhere
+  else; a nose on the back is the Janus problem, and one on a side (a
+  profile photograph of the left read from the right) is the same failure
+  turned by 90 degrees.
 
   Args:
     density_fn: points [N, 3] -> [N] density.
@@ -298,20 +311,22 @@ def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
     orange_share: share of orange occupied points that makes a nose.
 
   Returns:
-    dict(front=bool, back=bool, front_occupancy, back_occupancy,
-    front_orange, back_orange, gt_occupancy) (the last five floats).
+    dict with, for each of 'front', 'back', 'left', 'right': a bool (a nose
+    there), '<side>_occupancy' and '<side>_orange' (floats); 'side' (a nose
+    on the left or the right) and 'gt_occupancy'.
   """
   result = {}
   orange = np.asarray(objects.ORANGE, np.float32)
   white = np.asarray(objects.WHITE, np.float32)
-  for side, label in ((1.0, 'front'), (-1.0, 'back')):
+  # The head is symmetric about its vertical axis: every box leaves out the
+  # same points, and the true nose fills its share of the front box.
+  _, head, nose = _snowman_parts(_nose_box(resolution, 'front'))
+  outside_head = np.asarray(head) > 0.02
+  gt_occupancy = float(np.mean(np.asarray(nose)[outside_head] < 0.0))
+  for side in _SIDES:
     points = _nose_box(resolution, side)
-    _, head, nose = _snowman_parts(points)
-    outside_head = np.asarray(head) > 0.02
     occupied = numerics.evaluate_points(density_fn, points) > threshold
     occupancy = float(np.mean(occupied[outside_head]))
-    if side > 0:
-      gt_occupancy = float(np.mean(np.asarray(nose)[outside_head] < 0.0))
     if np.mean(occupied) >= 0.01:
       albedo = numerics.evaluate_points(albedo_fn, points[occupied])
       is_orange = (np.abs(albedo - orange).sum(-1)
@@ -319,11 +334,10 @@ def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
       orange_fraction = float(np.mean(is_orange))
     else:
       orange_fraction = 0.0
-    result[label + '_occupancy'] = occupancy
-    result[label + '_orange'] = orange_fraction
+    result[side + '_occupancy'] = occupancy
+    result[side + '_orange'] = orange_fraction
+    result[side] = bool(occupancy >= 0.5 * gt_occupancy
+                        or orange_fraction >= orange_share)
   result['gt_occupancy'] = gt_occupancy
-  for label in ('front', 'back'):
-    result[label] = bool(
-        result[label + '_occupancy'] >= 0.5 * gt_occupancy
-        or result[label + '_orange'] >= orange_share)
+  result['side'] = result['left'] or result['right']
   return result
