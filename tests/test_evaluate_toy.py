@@ -98,6 +98,10 @@ def test_results_score_the_newest_checkpoint_of_each_run(evaluated):
   assert row['albedo_error_mean'] == run['albedo_error']
   assert row['nose_front'] == int(run['janus']['front'])
   assert row['nose_back'] == int(run['janus']['back'])
+  assert row['nose_side'] == int(run['janus']['side'])
+  j = run['janus']
+  assert row['nose_right'] == int(j['front'] and not j['back']
+                                  and not j['side'])
   assert row['minutes_per_run'] == pytest.approx(run['train_seconds'] / 60)
 
 
@@ -241,12 +245,14 @@ class _NoseNotOnTheFront(AssertionError):
 @pytest.mark.xfail(strict=True, raises=_NoseNotOnTheFront, reason=(
     'Not reached with the Stable Diffusion recipe in the toy world (README, '
     'the Janus problem): on an opaque snowman the nose grew on the front '
-    'only in 2 of 5 seeds; 3 grew something on the back.'))
+    'only in 1 or 2 of 5 seeds; the others grew a second nose on the back '
+    'or a side.'))
 def test_snowman_has_its_nose_on_the_front(tmp_path):
-  """The Janus target: nose on the front in at least 4 of 5 seeds (10 min)."""
+  """The Janus target: the nose on the front only (no second nose on the
+  back or a side) in at least 4 of 5 seeds (10 min)."""
   row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4',
                   threshold=1.0)[toy_sweep.SNOWMAN]
-  if not (row['nose_front'] >= 4 and row['nose_back'] <= 1):
+  if row['nose_right'] < 4:
     raise _NoseNotOnTheFront(row)
 
 
@@ -257,7 +263,10 @@ def test_one_snowman_grows_its_nose_on_the_front(tmp_path):
   Slow: the nose appears only late in the toy recipe's 1000 steps, so no
   run short enough for the default suite shows it. The outcome is
   sensitive to rounding: the same seed trained in a batch of five grew a
-  white bump on the back as well (README, the Janus problem).
+  white bump on the back as well (README, the Janus problem). This checks
+  the front and the back only: trained alone, seed 0 also grows a second
+  nose on a side (janus_check's 'side'), which the five-seed target above
+  counts against it.
   """
   row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0',
                   threshold=1.0)[toy_sweep.SNOWMAN]

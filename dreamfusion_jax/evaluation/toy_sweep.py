@@ -145,6 +145,10 @@ def _summary(runs: Sequence[Dict]) -> Dict:
       'nose_back': sum(j['back'] for j in janus) if janus else None,
       'nose_side': (sum(j.get('side', False) for j in janus) if janus
                     else None),
+      # Runs with the nose on the front and nowhere else: the right answer.
+      'nose_right': (sum(j['front'] and not j['back']
+                         and not j.get('side', False) for j in janus)
+                     if janus else None),
       'minutes_per_run': float(np.mean([r['train_seconds']
                                         for r in runs])) / 60.0,
   }
@@ -193,7 +197,9 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
     'trained_now') and 'prompts' {prompt: summary over seeds: 'seeds',
     'iou', 'iou_mean', 'iou_std', 'albedo_error', 'albedo_error_mean',
     'normal_angle', 'normal_angle_mean', 'nose_front', 'nose_back',
-    'nose_side' (run counts; None but for the snowman), 'minutes_per_run'}.
+    'nose_side', 'nose_right' (run counts, the last of runs with a nose on
+    the front and nowhere else; None but for the snowman),
+    'minutes_per_run'}.
   """
   check_toy_inputs(config, prompts, seeds)
   config = copy.deepcopy(config)
