@@ -69,6 +69,25 @@ def test_results_structure(evaluated):
     assert json.load(f) == json.loads(json.dumps(results))
   table = toy_sweep.format_toy_table(results)
   assert PROMPT in table and f"{run['iou']:.3f}" in table
+  # The step-0 baseline of the run's config, printed with it.
+  untrained = row['untrained']
+  assert untrained == toy_sweep.score_untrained(
+      runs.load_config(run['workdir']), PROMPT, 5.0)
+  assert f"{untrained['iou']:.3f}/" in table
+
+
+def test_untrained_sphere_is_the_blob():
+  """The toy recipe starts from Magic3D's blob, softplus(10 (1 - r / 0.5)):
+  density 1 at r = 0.5 (1 - ln(e - 1) / 10) = 0.4729, a ball whose IoU
+  with the true sphere (radius 0.5) is (0.4729 / 0.5)^3 = 0.846, with
+  exact normals. Trained runs are compared with this (README)."""
+  config = toy.get_config()
+  scores = toy_sweep.score_untrained(config, 'a blue sphere', 1.0)
+  radius = 0.5 * (1.0 - np.log(np.e - 1.0) / config.nerf.blob_density)
+  assert scores['iou'] == pytest.approx((radius / 0.5)**3, abs=0.01)
+  assert scores['normal_angle'] < 2.0
+  # A torus is not a ball: the blob fills its hole.
+  assert toy_sweep.score_untrained(config, 'a yellow torus', 1.0)['iou'] < 0.3
 
 
 def test_results_score_the_newest_checkpoint_of_each_run(evaluated):

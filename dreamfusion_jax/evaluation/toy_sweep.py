@@ -23,6 +23,7 @@ from dreamfusion_jax import object_batch
 from dreamfusion_jax import runs
 from dreamfusion_jax import train
 from dreamfusion_jax import train_objects
+from dreamfusion_jax import train_step
 from dreamfusion_jax.nerf import field
 from dreamfusion_jax.toy import metrics as toy_metrics
 from dreamfusion_jax.toy import objects as toy_objects
@@ -126,6 +127,29 @@ def score_toy_run(workdir: PathLike, prompt: str, threshold: float,
   }
 
 
+def score_untrained(config: ml_collections.ConfigDict, prompt: str,
+                    threshold: float,
+                    resolution: int = IOU_RESOLUTION) -> Dict:
+  """IoU and normal angle of the field a run of `config` starts from.
+
+  The baseline a trained run must beat: the step-0 field (its density blob,
+  nerf.blob, and the network's initial output) scored against `prompt`'s
+  object like a trained run. With Magic3D's blob of radius 0.5 it is
+  already a ball of radius ~0.47 at density 1.
+
+  Returns:
+    {'iou', 'normal_angle'}.
+  """
+  model = field.make_model(config)
+  state, _ = train_step.initial_state(
+      config.seed, model, train_step.make_optimizer(config),
+      train_step.make_mesh(), train_step.grid_resolution(config))
+  density_fn, _ = field.point_functions(
+      model, field.active_params(state.params, 0, config))
+  return {'iou': toy_metrics.iou(prompt, density_fn, threshold, resolution),
+          'normal_angle': toy_metrics.normal_angle(prompt, density_fn)}
+
+
 def _summary(runs: Sequence[Dict]) -> Dict:
   iou = np.asarray([r['iou'] for r in runs])
   albedo = np.asarray([r['albedo_error'] for r in runs])
@@ -199,7 +223,8 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
     'normal_angle', 'normal_angle_mean', 'nose_front', 'nose_back',
     'nose_side', 'nose_right' (run counts, the last of runs with a nose on
     the front and nowhere else; None but for the snowman),
-    'minutes_per_run'}.
+    'minutes_per_run', 'untrained' (score_untrained of the first seed's
+    config: what the run started from)}.
   """
   check_toy_inputs(config, prompts, seeds)
   config = copy.deepcopy(config)
@@ -222,6 +247,13 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
       'prompts': {p: _summary([r for r in runs if r['prompt'] == p])
                   for p in prompts},
   }
+  # The baseline: each prompt's field at step 0 (of its first seed).
+  first = {}
+  for (prompt, _), (job_config, _) in zip(pairs, jobs):
+    first.setdefault(prompt, job_config)
+  for prompt, job_config in first.items():
+    results['prompts'][prompt]['untrained'] = score_untrained(
+        job_config, prompt, threshold)
   files.write_json(os.path.join(os.fspath(root), TOY_RESULTS), results)
   return results
 
@@ -230,7 +262,7 @@ def format_toy_table(results: Dict) -> str:
   """A plain-text table of toy_evaluate's results, one row per prompt."""
   header = (f"{'prompt':<16}{'seeds':>6}  {'IoU mean+-std':<15}"
             f"{'IoU per seed':<24}{'albedo err':>11}{'normal deg':>11}"
-            f"{'nose F/B/S':>11}{'min/run':>9}")
+            f"{'nose F/B/S':>11}{'min/run':>9}{'step 0 IoU/deg':>16}")
   lines = [
       f"Toy world: IoU at density > {results['threshold']:g} on a "
       f"{results['iou_resolution']}^3 grid, {results['num_steps']} steps",
@@ -245,5 +277,8 @@ def format_toy_table(results: Dict) -> str:
         f"{row['iou_mean']:.3f}+-{row['iou_std']:.3f}".ljust(39)
         + f"{per_seed:<24}{row['albedo_error_mean']:>11.3f}"
         f"{row['normal_angle_mean']:>11.1f}{nose:>11}"
-        f"{row['minutes_per_run']:>9.2f}")
+        f"{row['minutes_per_run']:>9.2f}"
+        + (f"{row['untrained']['iou']:>10.3f}/"
+           f"{row['untrained']['normal_angle']:<5.1f}"
+           if 'untrained' in row else ''))
   return '\n'.join(lines)
