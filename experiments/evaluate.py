@@ -39,6 +39,11 @@ minutes for the five objects):
   python experiments/evaluate.py --mode=truth --root=/tmp/truth \
       [--prompts=...] [--config.toy.textureless_prob=0.25]
 
+With --azimuth_offset=180 the prior is told every view is 180 degrees
+further round: to it, the true object turned (the snowman with its nose on
+the back), so the pull there against the pull at the truth says how much
+the prior cares which way the object faces.
+
 All print a table and write JSON under --root (toy_results.json,
 ablation_results.json, janus_results.json, truth_results.json,
 clip_results.json) or to --out.
@@ -93,6 +98,10 @@ _BATCH_OBJECTS = flags.DEFINE_integer(
 _RESOLUTION = flags.DEFINE_integer(
     'resolution', None, 'Render size (default: each run\'s '
     'export.resolution).')
+# --mode=truth
+_AZIMUTH_OFFSET = flags.DEFINE_float(
+    'azimuth_offset', 0.0, 'Degrees added to the azimuth the prior is told '
+    '(the true object turned, e.g. 180: the snowman\'s nose on its back).')
 flags.mark_flags_as_required(['root'])
 
 
@@ -137,7 +146,8 @@ def main(argv):
     # pylint: disable-next=g-import-not-at-top
     from dreamfusion_jax.evaluation import sds_at_truth
     results = sds_at_truth.evaluate(_CONFIG.value,
-                                    _PROMPTS.value or toy_sweep.TOY_PROMPTS)
+                                    _PROMPTS.value or toy_sweep.TOY_PROMPTS,
+                                    azimuth_offset=_AZIMUTH_OFFSET.value)
     print(sds_at_truth.format_table(results))
     files.write_json(
         _OUT.value or os.path.join(_ROOT.value, 'truth_results.json'),

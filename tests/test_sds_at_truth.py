@@ -105,3 +105,22 @@ def test_bad_input_is_refused_before_any_work():
     sds_at_truth.evaluate(toy.get_config(), ['a red cube', 'a cat'])
   with pytest.raises(errors.UserError, match='at least one'):
     sds_at_truth.evaluate(toy.get_config(), [])
+
+
+def test_azimuth_offset_acts_only_through_the_view_prompts():
+  """Telling the prior each view is 180 degrees further round shows it the
+  snowman with its nose on the back: a different pull with view prompts,
+  exactly the same one without them, and a full turn is no turn."""
+  def pull(config, offset):
+    result = sds_at_truth.gradient_at_truth(
+        config, 'a snowman', 8, 4, opacities=(), azimuth_offset=offset)
+    return result['albedo']['object']
+
+  config = _config()
+  config.toy.images_per_view = 10  # The property holds for any image set.
+  assert config.guidance.view_prompts
+  truth = pull(config, 0.0)
+  assert pull(config, 360.0) == pytest.approx(truth, rel=1e-5)
+  assert abs(pull(config, 180.0) - truth) > 1e-3 * truth
+  config.guidance.view_prompts = False
+  assert pull(config, 180.0) == pytest.approx(pull(config, 0.0), rel=1e-6)

@@ -60,8 +60,8 @@ def _mode_shading(mode: str, shading_config, num: int
 
 def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
                       num_cameras: int = 48, num_noise: int = 24,
-                      seed: int = 0, opacities: Sequence[float] = OPACITIES
-                      ) -> Dict[str, Dict]:
+                      seed: int = 0, opacities: Sequence[float] = OPACITIES,
+                      azimuth_offset: float = 0.0) -> Dict[str, Dict]:
   """The expected SDS gradient at the true object's renders: RMS, opacity rate.
 
   Args:
@@ -73,6 +73,12 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
     num_noise: (t, eps) draws averaged per render.
     seed: key of the (t, eps) draws (the same for every mode and opacity).
     opacities: the fades a at which the opacity rate is measured.
+    azimuth_offset: degrees added to each camera's azimuth where the prior
+      reads it (its view prompt), not where the render is taken. To a
+      prior that sees only the image and the view, that is the true object
+      turned by this angle about the vertical axis: 180 shows it a
+      snowman with its nose on the back, 90 one with its nose on the left.
+      0 measures the truth.
 
   Returns:
     {mode: {'object': RMS over the object's pixels, 'background': RMS
@@ -87,10 +93,13 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
   colors = np.asarray(config.toy.background_colors, np.float32)
   backdrop = jnp.asarray(colors[np.arange(num_cameras) % len(colors)])
   g = config.guidance
+  # The azimuth the prior is told, wrapped to (-180, 180].
+  told = jnp.mod(cams.azimuth + azimuth_offset + 180.0, 360.0) - 180.0
+  told = jnp.where(told == -180.0, 180.0, told)
 
   def surrogate(images, key):
     loss, _ = sds.sds_loss(
-        prior, images, cams.azimuth, cams.elevation, key, scale=g.scale,
+        prior, images, told, cams.elevation, key, scale=g.scale,
         t_min=g.t_min, t_max=g.t_max, weighting=g.weighting,
         negative_view_prompts=g.negative_view_prompts,
         view_interpolation=g.view_interpolation,
@@ -135,7 +144,8 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
 
 
 def evaluate(config: ml_collections.ConfigDict, prompts: Sequence[str],
-             num_cameras: int = 48, num_noise: int = 24) -> Dict:
+             num_cameras: int = 48, num_noise: int = 24,
+             azimuth_offset: float = 0.0) -> Dict:
   """`gradient_at_truth` for each prompt: {'prompts': {prompt: ...}, ...}.
 
   Checks the config and every prompt before any work: the measurement
@@ -147,7 +157,9 @@ def evaluate(config: ml_collections.ConfigDict, prompts: Sequence[str],
       'num_noise': num_noise,
       'images_per_view': int(config.toy.images_per_view),
       'textureless_photographs': float(config.toy.textureless_prob),
-      'prompts': {p: gradient_at_truth(config, p, num_cameras, num_noise)
+      'azimuth_offset': float(azimuth_offset),
+      'prompts': {p: gradient_at_truth(config, p, num_cameras, num_noise,
+                                       azimuth_offset=azimuth_offset)
                   for p in prompts},
   }
 
@@ -161,8 +173,10 @@ def format_table(results: Dict) -> str:
       f"Expected SDS gradient at the true object ({results['num_cameras']} "
       f"training views, {results['num_noise']} draws of t and eps each; "
       f"{results['images_per_view']} photographs per view, "
-      f"{results['textureless_photographs']:g} of the lit ones untextured): "
-      'RMS over the object\'s pixels (background\'s in brackets)', '',
+      f"{results['textureless_photographs']:g} of the lit ones untextured"
+      + (f"; the prior told each view is {results['azimuth_offset']:g} "
+         'degrees further round' if results.get('azimuth_offset') else '')
+      + "): RMS over the object's pixels (background's in brackets)", '',
       '| prompt | ' + ' | '.join(MODES) + ' | textureless / lit |',
       '|' + '---|' * (len(MODES) + 2)]
   for prompt, modes in results['prompts'].items():
