@@ -93,9 +93,8 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
   colors = np.asarray(config.toy.background_colors, np.float32)
   backdrop = jnp.asarray(colors[np.arange(num_cameras) % len(colors)])
   g = config.guidance
-  # The azimuth the prior is told, wrapped to (-180, 180].
-  told = jnp.mod(cams.azimuth + azimuth_offset + 180.0, 360.0) - 180.0
-  told = jnp.where(told == -180.0, 180.0, told)
+  # The azimuth the prior is told (its view functions wrap any range).
+  told = cams.azimuth + azimuth_offset
 
   def surrogate(images, key):
     loss, _ = sds.sds_loss(

@@ -248,12 +248,10 @@ def toy_evaluate(config: ml_collections.ConfigDict, root: PathLike,
                   for p in prompts},
   }
   # The baseline: each prompt's field at step 0 (of its first seed).
-  first = {}
-  for (prompt, _), (job_config, _) in zip(pairs, jobs):
-    first.setdefault(prompt, job_config)
-  for prompt, job_config in first.items():
+  for prompt in prompts:
     results['prompts'][prompt]['untrained'] = score_untrained(
-        job_config, prompt, threshold)
+        object_batch.single_config(config, prompt, int(seeds[0])), prompt,
+        threshold)
   files.write_json(os.path.join(os.fspath(root), TOY_RESULTS), results)
   return results
 

@@ -254,6 +254,12 @@ def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
   return (weights[..., None] * albedo).sum(1) + (1.0 - opacity) * background
 
 
+# (cos, sin) of the turn about the vertical axis that takes the front (+x)
+# to each side of the head.
+_SIDES = {'front': (1.0, 0.0), 'back': (-1.0, 0.0), 'left': (0.0, 1.0),
+          'right': (0.0, -1.0)}
+
+
 def _nose_box(resolution: int, side: str) -> np.ndarray:
   """Cell centres of the box around the snowman's nose, turned to `side`.
 
@@ -273,12 +279,6 @@ def _nose_box(resolution: int, side: str) -> np.ndarray:
   c, s = _SIDES[side]
   grid = np.stack([c * x - s * y, s * x + c * y, z], -1)
   return grid.reshape(-1, 3).astype(np.float32)
-
-
-# (cos, sin) of the turn about the vertical axis that takes the front (+x)
-# to each side of the head.
-_SIDES = {'front': (1.0, 0.0), 'back': (-1.0, 0.0), 'left': (0.0, 1.0),
-          'right': (0.0, -1.0)}
 
 
 def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
