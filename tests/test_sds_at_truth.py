@@ -105,6 +105,9 @@ def test_bad_input_is_refused_before_any_work():
     sds_at_truth.evaluate(toy.get_config(), ['a red cube', 'a cat'])
   with pytest.raises(errors.UserError, match='at least one'):
     sds_at_truth.evaluate(toy.get_config(), [])
+  with pytest.raises(errors.UserError, match='azimuth_offset=nan'):
+    sds_at_truth.evaluate(toy.get_config(), ['a snowman'],
+                          azimuth_offset=float('nan'))
 
 
 def test_azimuth_offset_acts_only_through_the_view_prompts():

@@ -34,6 +34,7 @@ import numpy as np
 from scipy import ndimage
 
 from dreamfusion_jax import cameras as cameras_lib
+from dreamfusion_jax import errors
 from dreamfusion_jax import guidance
 from dreamfusion_jax import shading as shading_lib
 from dreamfusion_jax.evaluation import toy_sweep
@@ -147,10 +148,14 @@ def evaluate(config: ml_collections.ConfigDict, prompts: Sequence[str],
              azimuth_offset: float = 0.0) -> Dict:
   """`gradient_at_truth` for each prompt: {'prompts': {prompt: ...}, ...}.
 
-  Checks the config and every prompt before any work: the measurement
-  needs the exact prior and a true object.
+  Checks the config, every prompt and the offset before any work: the
+  measurement needs the exact prior, a true object and a finite angle.
   """
   toy_sweep.check_toy_inputs(config, prompts)
+  if not np.isfinite(azimuth_offset):
+    raise errors.UserError(
+        f'--azimuth_offset={azimuth_offset} is not an angle; give degrees, '
+        'e.g. --azimuth_offset=180.')
   return {
       'num_cameras': num_cameras,
       'num_noise': num_noise,
