@@ -16,6 +16,14 @@ gives each render over draws of t and eps, and reports
     of change of a under gradient descent, da/dt = -<g, d> / <d, d>.
     Positive grows the faded object back, negative fades it further; where
     it crosses zero is the opacity SDS settles at.
+  - the outline rate: the render with its outline blurred,
+    x = b + (soft + s (mask - soft)) (c - b), where soft is the coverage
+    mask blurred by a Gaussian of one pixel and c the object's colour
+    (beyond the outline, the view's mean object colour), and the
+    gradient's component along d = dx/ds, as ds/dt = -<g, d> / <d, d> at
+    s = 0 (blurred) and s = 1 (the true, sharp outline). Positive sharpens
+    the outline; negative at s = 1 means SDS blurs a sharp outline, and
+    the field answers with a translucent rim.
 
 What is left at the truth is the prior's disagreement with the render: a
 finite image set's nearest photographs differ in camera and light (this
@@ -44,6 +52,8 @@ from dreamfusion_jax.toy import raytrace
 
 MODES = ('albedo', 'lit', 'textureless')
 OPACITIES = (0.3, 0.6, 1.0)
+# Gaussian blur (pixels) of the outline that the outline rate starts from.
+OUTLINE_BLUR = 1.0
 # Pixels this far inside the outline are the object's interior.
 _INTERIOR_PIXELS = 2
 # The cameras' key: the same views for every prompt and setting.
@@ -84,7 +94,8 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
   Returns:
     {mode: {'object': RMS over the object's pixels, 'background': RMS
     over the rest (in the prior's [-1, 1] units per channel, at full
-    opacity), 'opacity_rate': {'<a>': da/dt}}}.
+    opacity), 'opacity_rate': {'<a>': da/dt}, 'outline_rate': {'0': ds/dt
+    blurred, '1': ds/dt sharp}}}.
   """
   config = copy.deepcopy(config)
   config.prompt = prompt
@@ -133,12 +144,33 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
     for a in opacities:
       along = np.sum(grads[a] * towards_object * interior, axis=(1, 2, 3))
       rates[f'{a:g}'] = float(np.mean(-along[seen] / norm2[seen]))
+    # The outline, blurred (s = 0) and sharp (s = 1, the image above at a = 1).
+    covered = mask[..., None]
+    mean_colour = (np.sum(np.asarray(rgb), axis=(1, 2)) /
+                   np.maximum(np.sum(covered, axis=(1, 2)), 1e-6))
+    colour = np.where(covered > 0, np.asarray(rgb) / np.maximum(covered, 1e-6),
+                      mean_colour[:, None, None, :])
+    soft = np.stack([ndimage.gaussian_filter(m, OUTLINE_BLUR) for m in mask])
+    to_sharp = (mask - soft)[..., None] * (colour - np.asarray(back))
+    blurred = np.asarray(back) + soft[..., None] * (colour - np.asarray(back))
+    outline_grads = {
+        '0': np.asarray(mean_gradient(jnp.asarray(blurred, jnp.float32),
+                                      jax.random.key(seed))),
+        '1': grads[1.0]}
+    to_sharp2 = np.sum(to_sharp**2, axis=(1, 2, 3))
+    has_outline = to_sharp2 > 0
+    outline = {}
+    for end, g_end in outline_grads.items():
+      along = np.sum(g_end * to_sharp, axis=(1, 2, 3))
+      outline[end] = float(np.mean(-along[has_outline] /
+                                   to_sharp2[has_outline]))
     grad = grads[1.0]
     on_object = np.broadcast_to(mask[..., None] > 0.5, grad.shape)
     results[mode] = {
         'object': float(np.sqrt(np.mean(grad[on_object]**2))),
         'background': float(np.sqrt(np.mean(grad[~on_object]**2))),
         'opacity_rate': rates,
+        'outline_rate': outline,
     }
   return results
 
@@ -170,7 +202,7 @@ def evaluate(config: ml_collections.ConfigDict, prompts: Sequence[str],
 
 def format_table(results: Dict) -> str:
   """Markdown: object-pixel RMS per mode and textureless / lit; then the
-  opacity rate per mode at each fade."""
+  opacity rate per mode at each fade, and the outline rate."""
   modes = results['prompts'][next(iter(results['prompts']))]
   fades = list(modes[MODES[0]]['opacity_rate'])
   lines = [
@@ -194,6 +226,14 @@ def format_table(results: Dict) -> str:
             '|' + '---|' * (len(MODES) + 1)]
   for prompt, modes in results['prompts'].items():
     cells = [' / '.join(f'{r:+.2f}' for r in modes[m]['opacity_rate'].values())
+             for m in MODES]
+    lines.append(f'| {prompt} | ' + ' | '.join(cells) + ' |')
+  lines += ['', f'Outline rate ds/dt from an outline blurred by {OUTLINE_BLUR:g} '
+            'pixel (s = 0) to the sharp one (s = 1), at each; > 0 sharpens',
+            '', '| prompt | ' + ' | '.join(MODES) + ' |',
+            '|' + '---|' * (len(MODES) + 1)]
+  for prompt, modes in results['prompts'].items():
+    cells = [' / '.join(f'{r:+.2f}' for r in modes[m]['outline_rate'].values())
              for m in MODES]
     lines.append(f'| {prompt} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
