@@ -119,6 +119,7 @@ TOY_DIFFERS = {
     'loss.orientation_weight_start',
     'loss.orientation_weight_end', 'loss.opacity_weight',
     'camera.distance_range', 'camera.focal_range', 'camera.eval_distance',
+    'camera.position_jitter', 'camera.target_jitter', 'camera.up_jitter',
     # The CPU.
     'num_steps', 'shading.albedo_steps', 'nerf.hash_level_start_step',
     'nerf.hash_level_every_steps', 'render.resolution', 'render.num_samples',
