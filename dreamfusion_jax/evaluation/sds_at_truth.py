@@ -146,13 +146,14 @@ def gradient_at_truth(config: ml_collections.ConfigDict, prompt: str,
       rates[f'{a:g}'] = float(np.mean(-along[seen] / norm2[seen]))
     # The outline, blurred (s = 0) and sharp (s = 1, the image above at a = 1).
     covered = mask[..., None]
-    mean_colour = (np.sum(np.asarray(rgb), axis=(1, 2)) /
+    hit_rgb, back_rgb = np.asarray(rgb), np.asarray(back)
+    mean_colour = (np.sum(hit_rgb, axis=(1, 2)) /
                    np.maximum(np.sum(covered, axis=(1, 2)), 1e-6))
-    colour = np.where(covered > 0, np.asarray(rgb) / np.maximum(covered, 1e-6),
+    colour = np.where(covered > 0, hit_rgb / np.maximum(covered, 1e-6),
                       mean_colour[:, None, None, :])
     soft = np.stack([ndimage.gaussian_filter(m, OUTLINE_BLUR) for m in mask])
-    to_sharp = (mask - soft)[..., None] * (colour - np.asarray(back))
-    blurred = np.asarray(back) + soft[..., None] * (colour - np.asarray(back))
+    to_sharp = (mask - soft)[..., None] * (colour - back_rgb)
+    blurred = back_rgb + soft[..., None] * (colour - back_rgb)
     outline_grads = {
         '0': np.asarray(mean_gradient(jnp.asarray(blurred, jnp.float32),
                                       jax.random.key(seed))),
@@ -228,8 +229,9 @@ def format_table(results: Dict) -> str:
     cells = [' / '.join(f'{r:+.2f}' for r in modes[m]['opacity_rate'].values())
              for m in MODES]
     lines.append(f'| {prompt} | ' + ' | '.join(cells) + ' |')
-  lines += ['', f'Outline rate ds/dt from an outline blurred by {OUTLINE_BLUR:g} '
-            'pixel (s = 0) to the sharp one (s = 1), at each; > 0 sharpens',
+  lines += ['', 'Outline rate ds/dt from an outline blurred by '
+            f'{OUTLINE_BLUR:g} pixel (s = 0) to the sharp one (s = 1), at '
+            'each; > 0 sharpens',
             '', '| prompt | ' + ' | '.join(MODES) + ' |',
             '|' + '---|' * (len(MODES) + 1)]
   for prompt, modes in results['prompts'].items():
