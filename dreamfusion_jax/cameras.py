@@ -225,10 +225,11 @@ def validate(camera_config: ml_collections.ConfigDict) -> None:
   for name in ('elevation_range', 'azimuth_range', 'distance_range',
                'focal_range', 'light_distance_range'):
     value = c[name]
-    if len(value) != 2 or not value[0] < value[1]:
+    # min == max is a fixed value (e.g. one camera distance).
+    if len(value) != 2 or not value[0] <= value[1]:
       raise errors.UserError(
           f'camera.{name} = {tuple(value)} is not a (min, max) pair with '
-          f'min < max; set it to e.g. --config.camera.{name}="(lo, hi)".')
+          f'min <= max; set it to e.g. --config.camera.{name}="(lo, hi)".')
   lo, hi = c.elevation_range
   if lo < -90.0 or hi > 90.0:
     raise errors.UserError(

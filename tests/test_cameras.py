@@ -138,9 +138,21 @@ def test_orbit_is_evenly_spaced():
   np.testing.assert_allclose(uv, 16.0, atol=1e-3)
 
 
+def test_a_range_with_min_equal_to_max_is_a_fixed_value():
+  config = default.get_config()
+  config.camera.distance_range = (1.9, 1.9)
+  config.camera.focal_range = (1.0, 1.0)
+  config.camera.position_jitter = 0.0
+  cameras.validate(config.camera)
+  cams = cameras.sample_cameras(jax.random.key(1), config.camera, 64)
+  np.testing.assert_allclose(jnp.linalg.norm(cams.position, axis=-1), 1.9,
+                             rtol=1e-6)
+  np.testing.assert_allclose(cams.focal, 1.0)
+
+
 @pytest.mark.parametrize('field,value,match', [
     ('elevation_range', (10.0, 5.0), 'elevation_range'),
-    ('distance_range', (1.0, 1.0), 'distance_range'),
+    ('distance_range', (2.0, 1.0), 'distance_range'),
     ('focal_range', (-1.0, 1.0), 'focal_range'),
     ('uniform_area_prob', 1.5, 'uniform_area_prob'),
 ])
