@@ -689,6 +689,24 @@ def test_janus_check():
       no_nose, lambda p: jnp.where(p[:, :1] < 0.0, jnp.array(objects.ORANGE),
                                    jnp.array(objects.WHITE)), 5.0)
   assert painted['back'] and not painted['front']
+  # A head grown 0.05 past its surface all round, without a nose, has none.
+  @jax.jit
+  def swollen(points):
+    body, head, _ = objects.snowman_parts(points)
+    return jnp.where(jnp.minimum(body, head - 0.05) < 0.0, 100.0, 0.0)
+
+  fat = metrics.janus_check(swollen, white, 5.0)
+  assert not (fat['front'] or fat['back'] or fat['side'])
+  # Brightness is not hue: a head learned as mid-grey (white under random
+  # lights) has no nose, and a nose painted at half brightness still counts.
+  grey = metrics.janus_check(
+      no_nose, lambda p: jnp.full(p.shape, 0.45), 5.0)
+  assert not (grey['front'] or grey['back'] or grey['side'])
+  dim = metrics.janus_check(
+      no_nose, lambda p: jnp.where(p[:, :1] < 0.0,
+                                   0.5 * jnp.array(objects.ORANGE),
+                                   0.45 * jnp.ones(3)), 5.0)
+  assert dim['back'] and not dim['front']
 
 
 def test_normal_angle_leaves_out_creases():
