@@ -5,6 +5,7 @@ configs/toy.py, exports, and runs experiments/render_mesh_check.py's
 comparison of the GLB and the OBJ with the field's albedo renders.
 """
 
+import numpy as np
 import pytest
 
 from configs import toy
@@ -34,6 +35,18 @@ def test_exported_mesh_renders_like_the_field(prompt, tmp_path):
   config.prompt = prompt
   train.train_and_export(config, str(tmp_path))
   for mesh in ('glb', 'obj'):
-    psnr, _, _ = render_mesh_check.compare(str(tmp_path), mesh)
+    psnr, _, _, _ = render_mesh_check.compare(str(tmp_path), mesh)
     if psnr.mean() < TARGET_PSNR:
       raise _BelowTarget((mesh, psnr))
+
+
+def test_ring_and_interior_split_the_mask():
+  """Erosion peels one pixel a step; an outline-only error spares the inside."""
+  mask = np.zeros((1, 12, 12), bool)
+  mask[0, 2:10, 2:10] = True
+  interior = render_mesh_check._erode(mask, 2)
+  assert interior.sum() == 16 and interior[0, 4:8, 4:8].all()
+  error = np.where((mask & ~interior)[..., None], 0.01, 0.0) * np.ones(3)
+  assert render_mesh_check._psnr(error, interior)[0] == pytest.approx(120.0)
+  assert render_mesh_check._psnr(error, mask & ~interior)[0] == (
+      pytest.approx(20.0))
