@@ -35,14 +35,14 @@ LEVELS = {
     # (0.9 * 0.9), a back 11%.
     'severe': ((0.9, 0.08, 0.01, 0.01), 0.1),
 }
-# Measured (README, the Janus problem; seeds 0-4, density > 1): without view
-# prompts, strong bias paints an orange nose on both sides in 2 of 5 seeds
-# (the Janus problem); with view prompts, a back nose in 1 of 5 at every
-# level (both sides at strong and severe, back only at moderate), and a
-# nose on a side only in 1 (strong) and 2 (severe) of 5. Most other runs
-# grow no nose at all: the bias suppresses the nose more than it doubles
-# it, so with view prompts these levels do not yet reproduce the problem as
-# often as Stable Diffusion shows it.
+# Measured (README, the Janus problem; the toy default's centred cameras,
+# seeds 0-4, density > 1, the corrected Janus check): at strong bias no
+# snowman grows a nose anywhere, with view prompts or without (5 of 5
+# none each), where the exact prior grows one on the front in every
+# view-prompt run. Group weights alone suppress the nose rather than
+# double it, so these levels do not reproduce the Janus problem; a bias
+# that acts at small noise (back photographs with a front's nose) would
+# be the next thing to try.
 
 
 def get_config(level: str = 'strong') -> ml_collections.ConfigDict:
