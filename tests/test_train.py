@@ -318,7 +318,7 @@ def test_launcher_with_tiny_stable_diffusion_writes_everything(tmp_path):
     ('render.occupancy_decay', 1.5, 'occupancy_decay'),
     ('render.occupancy_samples', 0, 'render.occupancy_samples'),
     ('camera.elevation_range', (50.0, 10.0), 'elevation_range'),
-    ('camera.distance_range', (1.0, 1.0), 'distance_range'),
+    ('camera.distance_range', (2.0, 1.0), 'distance_range'),
     ('batch_per_device', 0, 'batch_per_device'),
     ('checkpoint.every_steps', 0, 'checkpoint.every_steps'),
     ('nerf.field', 'voxels', 'nerf.field'),
