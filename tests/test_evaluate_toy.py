@@ -281,7 +281,7 @@ def test_snowman_has_its_nose_on_the_front(tmp_path):
 
 @pytest.mark.slow
 def test_perp_neg_puts_the_nose_on_the_front(tmp_path):
-  """The Janus target with Perp-Neg on the exact prior (about 12 min):
+  """The Janus target with Perp-Neg on the exact prior (about 10 min):
   the nose on the front only in at least 4 of 5 seeds, none on the back
   (README: 4 of 5, the fifth grew no nose)."""
   row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0,1,2,3,4', threshold=1.0,
