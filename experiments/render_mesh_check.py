@@ -121,15 +121,10 @@ def _psnr(squared_error, mask):
 
 
 def _erode(mask, pixels):
-  """[V, H, W] mask shrunk by `pixels` (a square neighbourhood)."""
-  out = mask.copy()
-  for _ in range(pixels):
-    padded = np.pad(out, ((0, 0), (1, 1), (1, 1)))
-    out = np.logical_and.reduce([
-        padded[:, 1 + dy:padded.shape[1] - 1 + dy,
-               1 + dx:padded.shape[2] - 1 + dx]
-        for dy in (-1, 0, 1) for dx in (-1, 0, 1)])
-  return out
+  """[V, H, W] mask shrunk by `pixels` (a square neighbourhood per step)."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  return ndimage.binary_erosion(mask, structure=np.ones((1, 3, 3), bool),
+                                iterations=pixels)
 
 
 # Pixels of the 128^2 check within this distance of the outline form the

@@ -254,9 +254,9 @@ def _seen_albedo(name, points, albedo_fn, density_fn, depth, background,
   return (weights[..., None] * albedo).sum(1) + (1.0 - opacity) * background
 
 
-# Distance from the head's vertical axis beyond which the nose box counts
-# occupancy: 0.08 past the head's surface (radius 0.22), the outer 0.2 of
-# the nose's 0.28 that sticks out.
+# Position along the nose's direction, measured from the head's vertical
+# axis, beyond which the nose box counts occupancy: 0.08 past the head's
+# surface (radius 0.22), the outer 0.2 of the nose's 0.28 that sticks out.
 NOSE_REACH = objects.HEAD_RADIUS + 0.08
 
 # (cos, sin) of the turn about the vertical axis that takes the front (+x)
@@ -302,9 +302,9 @@ def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
   y = 0, z = 0.3; back, left and right: that box turned about the vertical
   axis through the head to -x, +y and -y), on a grid over the box:
 
-  * occupancy: the share of the grid points at least NOSE_REACH from the
-    head's vertical axis (the nose's outer part, 0.08 past the head's
-    surface) where density > threshold. The true nose fills `gt_occupancy`
+  * occupancy: the share of the grid points at least NOSE_REACH out along
+    the box's direction from the head's vertical axis (the nose's outer
+    part, 0.08 past the head's surface) where density > threshold. The true nose fills `gt_occupancy`
     of them. A head grown a few hundredths past its true surface, as SDS
     leaves it on the back, reaches x = 0.24-0.27 and does not count; a
     nose, which sticks out 0.28, does.
