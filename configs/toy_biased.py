@@ -39,11 +39,13 @@ LEVELS = {
 # seeds 0-4, density > 1, the corrected Janus check): at strong bias no
 # snowman grows a nose anywhere, with view prompts or without (5 of 5
 # none each), where the exact prior grows one on the front in every
-# view-prompt run. Group weights alone suppress the nose rather than
-# double it, so these levels do not reproduce the Janus problem; a bias
-# that acts at small noise (back photographs with a front's nose) would
-# be the next thing to try.
-
+# view-prompt run. Why (experiments/janus_bias_reach.py): the photographs
+# are lit by random lights, and a render's nearest photograph is chosen by
+# its light more than by its 3x5-pixel nose (8 of 16 front renders are
+# nearest a back photograph). At small noise the exact denoiser answers
+# with the nearest photograph among the groups of positive weight,
+# whatever the weights, so once a view prompt admits the other views
+# (adherence < 1) it takes the nose off the front half the time.
 
 def get_config(level: str = 'strong') -> ml_collections.ConfigDict:
   if level not in LEVELS:

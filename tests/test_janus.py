@@ -10,6 +10,9 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from configs import tiny
@@ -53,6 +56,32 @@ def test_run_config_sets_the_method_and_the_bias():
   assert not config.guidance.view_prompts
   with pytest.raises(errors.UserError, match='perp_neg'):
     janus.run_config(_tiny_config(), 'perpneg', janus.EXACT, 0)
+
+
+def test_posterior_group_shares_follow_the_likelihood_and_the_weights():
+  # Three photographs in groups 0, 1, 2 of G = 4; the query is photograph 1.
+  rng = np.random.default_rng(0)
+  photos = rng.uniform(-1, 1, (3, 4, 4, 3)).astype(np.float32)
+  params = {'images': jnp.asarray(photos), 'groups': jnp.asarray([0, 1, 2]),
+            'alphas_cumprod': jnp.linspace(0.9999, 1e-4, 1000)}
+  query = jnp.asarray(photos[1:2])
+  key = jax.random.key(0)
+  even = jnp.asarray([1.0, 1.0, 1.0, 0.0])
+  # Small noise: the nearest photograph takes everything, at any weights.
+  low = janus.posterior_group_shares(params, query, even, 0, 4, key)
+  np.testing.assert_allclose(low, [0, 1, 0, 0], atol=1e-4)
+  skewed = jnp.asarray([100.0, 1.0, 1.0, 0.0])
+  low = janus.posterior_group_shares(params, query, skewed, 0, 4, key)
+  np.testing.assert_allclose(low, [0, 1, 0, 0], atol=1e-4)
+  # ... unless its group weighs nothing: then the next nearest.
+  without = jnp.asarray([1.0, 0.0, 1.0, 0.0])
+  low = janus.posterior_group_shares(params, query, without, 0, 4, key)
+  assert low[1] == 0.0 and abs(low.sum() - 1.0) < 1e-5
+  nearer = int(np.argmin([np.sum((photos[i] - photos[1])**2) for i in (0, 2)]))
+  assert low[2 * nearer] > 0.99
+  # Pure noise: the image says nothing, the shares are the weights.
+  high = janus.posterior_group_shares(params, query, skewed, 999, 64, key)
+  np.testing.assert_allclose(high, np.asarray(skewed) / 102.0, atol=0.02)
 
 
 def test_table_end_to_end(tmp_path):

@@ -23,13 +23,17 @@ import os
 import time
 from typing import Dict, Mapping, Sequence, Tuple, Union
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from dreamfusion_jax import errors
 from dreamfusion_jax import files
 from dreamfusion_jax import runs as runs_lib
 from dreamfusion_jax.evaluation import toy_sweep
 from dreamfusion_jax.nerf import field
+from dreamfusion_jax.toy import exact_prior
 from dreamfusion_jax.toy import metrics as toy_metrics
 
 PathLike = Union[str, os.PathLike]
@@ -190,3 +194,37 @@ def format_janus_table(results: Dict) -> str:
             f'(training stored for these runs: {minutes:.1f} min, '
             f'{per_run:.2f} min per run).']
   return '\n'.join(lines)
+
+
+def posterior_group_shares(params, images, embedding, t: int, draws: int,
+                           key) -> np.ndarray:
+  """The toy prior's mean posterior mass on each group, given noised `images`.
+
+  Each image is noised `draws` times at timestep `t` (z_t = a_t x + s_t eps)
+  and the posterior over the prior's photographs (exact_prior.
+  posterior_logits with `embedding`) is summed by group: where the exact
+  denoiser takes its answer from. A group of weight 0 gets none; as t -> 0
+  all the mass goes to the nearest photograph among groups of positive
+  weight, whatever the weights.
+
+  Args:
+    params: the toy prior's params ('images', 'groups', 'alphas_cumprod').
+    images: [B, H, W, 3] in [-1, 1].
+    embedding: [G] group weights.
+    t: timestep.
+    draws: noise draws per image.
+    key: PRNG key of the noise.
+
+  Returns:
+    [G] shares, averaged over images and draws; they sum to 1.
+  """
+  abar = params['alphas_cumprod'][t]
+  eps = jax.random.normal(key, (draws, *images.shape))
+  z = jnp.sqrt(abar) * images[None] + jnp.sqrt(1.0 - abar) * eps
+  z = z.reshape(-1, *images.shape[1:])
+  emb = jnp.broadcast_to(embedding, (z.shape[0], embedding.shape[-1]))
+  logits = exact_prior.posterior_logits(
+      params, z, jnp.full((z.shape[0],), t, jnp.int32), emb)
+  p = jax.nn.softmax(logits, axis=-1)  # [B * draws, N]
+  by_group = jax.nn.one_hot(params['groups'], embedding.shape[-1])  # [N, G]
+  return np.asarray(jnp.mean(p @ by_group, axis=0))
