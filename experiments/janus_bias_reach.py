@@ -6,14 +6,15 @@ r"""Where a view bias can act on the toy prior: the posterior's share of fronts.
 The Janus problem needs a prior that answers a back camera's render with a
 front. The toy prior is the exact denoiser of its photographs: its posterior
 over them weighs each photograph's likelihood against its group weight
-(toy/exact_prior.py). This script renders the true snowman from held-out
-back cameras (lit as the photographs are: renders of the right answer),
-noises each render at a grid of timesteps and prints, for the back view's
-embedding at each bias level of configs/toy_biased.py (and the exact
-prior), the posterior's share on front photographs (whose nose points at the
-camera) and on back ones. Where the front share is small, no weighting of
-the views moves the SDS pull towards a nose on the back; where it is large,
-the render carries no image of its own (only the noise speaks).
+(toy/exact_prior.py). For the back view and then the front view, this
+script renders the true snowman from held-out cameras of that view (lit as
+the photographs are: renders of the right answer), prints which view's
+photograph each render is nearest to, then noises the renders at a grid of
+timesteps and prints, for that view's prompt at each bias level of
+configs/toy_biased.py (and the exact prior), the posterior's share on
+front photographs (the nose points at the camera) and on back ones. Where
+a share does not move with the bias, no weighting of the views changes the
+SDS pull there.
 
 The snowman is symmetric but for its nose, so a front drawn from a back
 camera (what Stable Diffusion does on '..., back view') is exactly a front
@@ -27,14 +28,15 @@ import sys
 # Config files import `configs.default` from the repository root.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 from ml_collections import config_flags
+import ml_collections
 import numpy as np
 
 from configs import toy_biased
+from dreamfusion_jax import errors
 from dreamfusion_jax import launch
 from dreamfusion_jax import shading as shading_lib
 from dreamfusion_jax.evaluation import janus
@@ -45,7 +47,7 @@ from dreamfusion_jax.toy import raytrace
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(os.path.dirname(os.path.dirname(
         os.path.abspath(__file__))), 'configs', 'toy.py'), 'A toy config.')
-_RENDERS = flags.DEFINE_integer('renders', 16, 'Held-out back renders.')
+_RENDERS = flags.DEFINE_integer('renders', 16, 'Held-out renders per view.')
 _DRAWS = flags.DEFINE_integer('draws', 8, 'Noise draws per render and t.')
 
 SNOWMAN = 'a snowman'
@@ -70,48 +72,47 @@ def held_out_renders(config, view: str, count: int) -> np.ndarray:
       ambient=jnp.where(lit, config.shading.ambient, 1.0),
       diffuse=jnp.where(lit, config.shading.diffuse, 0.0),
       textureless=jnp.zeros((count,)))
-  images = []
-  for i in range(count):
-    color = config.toy.background_colors[i % len(config.toy.background_colors)]
-    rgb, _ = raytrace.render(SNOWMAN, jax.tree.map(lambda x: x[i:i + 1], cams),
-                             config.render.resolution,
-                             jax.tree.map(lambda x: x[i:i + 1], shade),
-                             color, config.toy.supersample)
-    images.append(np.asarray(rgb[0]))
-  return 2.0 * np.stack(images) - 1.0
+  # One call over black, then each render's backdrop where its rays missed
+  # (as exact_prior.render_image_set composites the photographs).
+  on_black, mask = raytrace.render(SNOWMAN, cams, config.render.resolution,
+                                   shade, (0.0, 0.0, 0.0),
+                                   config.toy.supersample)
+  colors = np.asarray(config.toy.background_colors, np.float32)
+  backdrops = colors[np.arange(count) % len(colors)][:, None, None, :]
+  uncovered = 1.0 - np.asarray(mask)[..., None]
+  images = np.asarray(on_black) + uncovered * backdrops
+  return 2.0 * images - 1.0
 
 
 def main(argv):
   del argv
   config = _CONFIG.value
+  if _RENDERS.value < 1 or _DRAWS.value < 1:
+    raise errors.UserError(
+        f'--renders={_RENDERS.value} and --draws={_DRAWS.value} must both be '
+        'at least 1, e.g. --renders=16 --draws=8.')
   config.prompt = SNOWMAN
-  images, groups = exact_prior.render_image_set(config)
-  params = {'images': jnp.asarray(2.0 * images - 1.0),
-            'groups': jnp.asarray(groups),
-            'alphas_cumprod': jnp.asarray(prior_lib.noise_schedule(
-                config.toy.num_timesteps, config.toy.beta_start,
-                config.toy.beta_end))}
+  params = exact_prior.make_toy_prior(config).params
   key = jax.random.key(0)
-  levels = {'exact': ((0.25, 0.25, 0.25, 0.25), 1.0), **toy_biased.LEVELS}
+  levels = {'exact': janus.EXACT, **toy_biased.LEVELS}
   first = exact_prior.group_index(exact_prior.objects.prompt_index(SNOWMAN), 0)
   front, back = (prior_lib.VIEWS.index(v) for v in ('front', 'back'))
   x = params['images'].reshape(params['images'].shape[0], -1)
   for view in ('back', 'front'):
     v = prior_lib.VIEWS.index(view)
     renders = jnp.asarray(held_out_renders(config, view, _RENDERS.value))
-    embeddings = {}
-    for name, (frequencies, adherence) in levels.items():
-      c = config.copy_and_resolve_references()
-      c.toy.view_frequencies, c.toy.view_adherence = frequencies, adherence
-      embeddings[name] = jnp.asarray(exact_prior.prompt_weights(
-          SNOWMAN, exact_prior.view_weights(c.toy)[v]))
+    embeddings = {
+        name: jnp.asarray(exact_prior.prompt_weights(
+            SNOWMAN, exact_prior.view_weights(ml_collections.ConfigDict({
+                'view_frequencies': frequencies,
+                'view_adherence': adherence}))[v]))
+        for name, (frequencies, adherence) in levels.items()}
     # The nearest photograph of each render among the snowman's, whatever
     # the weights: where the posterior goes as t -> 0 when its group weighs.
     r = renders.reshape(renders.shape[0], -1)
     own = (params['groups'] >= first) & (params['groups'] <
                                          first + exact_prior.NUM_VIEWS)
-    d2 = jnp.where(own[None], (jnp.sum(x * x, -1)[None]
-                                    - 2.0 * r @ x.T),
+    d2 = jnp.where(own[None], jnp.sum(x * x, -1)[None] - 2.0 * r @ x.T,
                    jnp.inf)
     nearest = np.asarray(params['groups'][jnp.argmin(d2, axis=1)]) - first
     print(f"\n{_RENDERS.value} held-out {view} renders x {_DRAWS.value} "

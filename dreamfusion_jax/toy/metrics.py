@@ -304,8 +304,8 @@ def janus_check(density_fn: DensityFn, albedo_fn: AlbedoFn, threshold: float,
 
   * occupancy: the share of the grid points at least NOSE_REACH out along
     the box's direction from the head's vertical axis (the nose's outer
-    part, 0.08 past the head's surface) where density > threshold. The true nose fills `gt_occupancy`
-    of them. A head grown a few hundredths past its true surface, as SDS
+    part, 0.08 past the head's surface) where density > threshold. The
+    true nose fills `gt_occupancy` of them. A head grown a few hundredths past its true surface, as SDS
     leaves it on the back, reaches x = 0.24-0.27 and does not count; a
     nose, which sticks out 0.28, does.
   * orange: the share of the occupied grid points (head included, so a nose
