@@ -99,10 +99,13 @@ class HashEncoding(nn.Module):
 
     level = jnp.arange(self.num_levels)[None, :, None]
     feats = tables[level, idx]  # [P, L, 8, F]
-    w = jnp.where(_CORNERS.astype(bool), frac[:, :, None, :],
-                  1.0 - frac[:, :, None, :])
-    w = jnp.prod(w, axis=-1)  # [P, L, 8]
-    # A contraction, not sum(w * feats): under vmap (many objects) XLA's
-    # CPU backend ran that multiply-reduce about 10x slower.
-    out = jnp.einsum('plc,plcf->plf', w, feats)  # [P, L, F]
+    # Trilinear weights are a product of one linear weight per axis; the
+    # corner index is 4 bx + 2 by + bz, so feats splits into [2, 2, 2] and
+    # one contraction applies the three axes' weights without forming the
+    # [P, L, 8] weight tensor. Its backward pass is about 1.7x cheaper than
+    # that of prod over a [P, L, 8, 3] tensor (experiments/benchmark_objects).
+    wx, wy, wz = (jnp.stack([1.0 - frac[..., k], frac[..., k]], axis=-1)
+                  for k in range(3))  # [P, L, 2] each
+    feats = feats.reshape(*feats.shape[:2], 2, 2, 2, self.features)
+    out = jnp.einsum('pla,plb,plc,plabcf->plf', wx, wy, wz, feats)  # [P, L, F]
     return out.reshape(*batch_shape, self.num_levels * self.features)
