@@ -20,6 +20,7 @@ from configs import toy_biased
 from dreamfusion_jax import errors
 from dreamfusion_jax import runs
 from dreamfusion_jax.evaluation import janus
+from dreamfusion_jax.toy import exact_prior
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,8 +63,8 @@ def test_posterior_group_shares_follow_the_likelihood_and_the_weights():
   # Three photographs in groups 0, 1, 2 of G = 4; the query is photograph 1.
   rng = np.random.default_rng(0)
   photos = rng.uniform(-1, 1, (3, 4, 4, 3)).astype(np.float32)
-  params = {'images': jnp.asarray(photos), 'groups': jnp.asarray([0, 1, 2]),
-            'alphas_cumprod': jnp.linspace(0.9999, 1e-4, 1000)}
+  params = exact_prior.image_set_params(photos, [0, 1, 2],
+                                        jnp.linspace(0.9999, 1e-4, 1000))
   query = jnp.asarray(photos[1:2])
   key = jax.random.key(0)
   even = jnp.asarray([1.0, 1.0, 1.0, 0.0])

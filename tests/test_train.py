@@ -161,6 +161,7 @@ def test_the_training_loss_gives_the_prior_no_gradient(tiny_setup):
   keys = jax.random.split(key, 2)
   # Every float array of the toy prior: its images, embeddings, schedule.
   frozen = {'images': prior.params['images'],
+            'sq_norms': prior.params['sq_norms'],
             'alphas_cumprod': prior.alphas_cumprod,
             'view_embeddings': prior.view_embeddings,
             'uncond_embedding': prior.uncond_embedding}
@@ -170,6 +171,7 @@ def test_the_training_loss_gives_the_prior_no_gradient(tiny_setup):
     def loss(params, frozen):
       p = prior.replace(
           params={**prior.params, 'images': frozen['images'],
+                  'sq_norms': frozen['sq_norms'],
                   'alphas_cumprod': frozen['alphas_cumprod']},
           alphas_cumprod=frozen['alphas_cumprod'],
           view_embeddings=frozen['view_embeddings'],

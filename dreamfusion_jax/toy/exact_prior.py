@@ -322,8 +322,7 @@ def posterior_logits(params, z_t, t, embedding):
   terms cancel). -inf where w_g(i) = 0.
 
   Args:
-    params: {'images': [N, H, W, 3] in [-1, 1], 'groups': [N] int32,
-      'alphas_cumprod': [T]}.
+    params: from image_set_params.
     z_t: [B, H, W, 3] noisy images.
     t: [B] int32 timesteps.
     embedding: [B, G] group weights (each row with a positive entry).
@@ -339,11 +338,33 @@ def posterior_logits(params, z_t, t, embedding):
   a = jnp.sqrt(abar)[:, None]
   s2 = (1.0 - abar)[:, None]
   zx = jnp.matmul(z, x_flat.T, precision=_HIGHEST)  # [B, N]
-  xx = jnp.sum(x_flat * x_flat, axis=-1)  # [N]
-  logits = (2.0 * a * zx - a * a * xx) / (2.0 * s2)
+  logits = (2.0 * a * zx - a * a * params['sq_norms']) / (2.0 * s2)
   w = jnp.asarray(embedding, jnp.float32)[:, params['groups']]  # [B, N]
   return jnp.where(w > 0, logits + jnp.log(jnp.where(w > 0, w, 1.0)),
                    -jnp.inf)
+
+
+def image_set_params(images, groups, alphas_cumprod) -> dict:
+  """The prior's params: its photographs, their groups and the schedule.
+
+  Args:
+    images: [N, H, W, 3] photographs in [-1, 1].
+    groups: [N] int group index of each photograph.
+    alphas_cumprod: [T] noise schedule.
+
+  Returns:
+    {'images': [N, H, W, 3] float32, 'groups': [N] int32,
+    'sq_norms': [N] |x_i|^2 (fixed, so computed once, not on every step),
+    'alphas_cumprod': [T]}.
+  """
+  images = jnp.asarray(images, jnp.float32)
+  flat = images.reshape(images.shape[0], -1)
+  return {
+      'images': images,
+      'groups': jnp.asarray(groups, jnp.int32),
+      'sq_norms': jnp.sum(flat * flat, axis=-1),
+      'alphas_cumprod': jnp.asarray(alphas_cumprod, jnp.float32),
+  }
 
 
 def posterior_mean(params, z_t, t, embedding):
@@ -396,8 +417,7 @@ def make_toy_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
       (view_frequencies and view_adherence set the bias).
 
   Returns:
-    A prior.Prior whose params are {'images': [N, H, W, 3] in [-1, 1],
-    'groups': [N] int32, 'alphas_cumprod': [T]} and whose embeddings are
+    A prior.Prior whose params are image_set_params' and whose embeddings are
     [G] group-weight vectors, negative view embeddings included.
   """
   start = time.time()
@@ -409,11 +429,7 @@ def make_toy_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
   schedule = jnp.asarray(prior_lib.noise_schedule(config.toy.num_timesteps,
                                                   config.toy.beta_start,
                                                   config.toy.beta_end))
-  params = {
-      'images': jnp.asarray(2.0 * images - 1.0, jnp.float32),
-      'groups': jnp.asarray(groups),
-      'alphas_cumprod': schedule,
-  }
+  params = image_set_params(2.0 * images - 1.0, groups, schedule)
   return prior_lib.Prior(
       params=params, view_embeddings=jnp.asarray(view_emb),
       uncond_embedding=jnp.asarray(uncond), alphas_cumprod=schedule,
