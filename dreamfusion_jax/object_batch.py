@@ -24,8 +24,12 @@ import ml_collections
 from dreamfusion_jax import errors
 
 BATCH_FILE = 'batch.json'
-# The fields that may differ between the objects of one batch.
-_PER_OBJECT = ('prompt', 'seed')
+# The fields that may differ between the objects of one batch: the object
+# (prompt, seed) and what changes only the prior's text embeddings, which
+# are per object (priors.load_object_prior): the negative prompt, view
+# prompts on or off, and the toy prior's view bias.
+PER_OBJECT = ('prompt', 'seed', 'negative_prompt', 'guidance.view_prompts',
+              'toy.view_frequencies', 'toy.view_adherence')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,20 +134,33 @@ def plan(config: ml_collections.ConfigDict, root: str) -> List[ObjectRun]:
                                                 batch_seeds(config))]
 
 
+def _flat(tree: dict, prefix: str = '') -> dict:
+  """{'group.key': value} of a nested config dict."""
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      flat[prefix + key] = value
+  return flat
+
+
 def check_batchable(objects: Sequence[ObjectRun]) -> None:
-  """Raises UserError unless the objects differ only in prompt and seed
+  """Raises UserError unless the objects differ only in PER_OBJECT fields
   and have distinct workdirs (what one batched program can train)."""
   if not objects:
     raise errors.UserError('The batch has no objects; pass a prompt.')
-  first = objects[0].config.to_dict()
+  first = _flat(objects[0].config.to_dict())
   for obj in objects[1:]:
-    other = obj.config.to_dict()
+    other = _flat(obj.config.to_dict())
     for key in sorted(set(first) | set(other)):
-      if key not in _PER_OBJECT and first.get(key) != other.get(key):
+      if key not in PER_OBJECT and first.get(key) != other.get(key):
         raise errors.UserError(
             f'{obj.name} has {key} = {other.get(key)!r} but the first object '
             f'has {first.get(key)!r}; objects of one batch differ only in '
-            'prompt and seed, so train other settings as separate runs.')
+            'prompt, seed and the prior\'s text embeddings '
+            f'({", ".join(PER_OBJECT[2:])}), so train other settings as '
+            'separate runs.')
   workdirs = [os.path.abspath(o.workdir) for o in objects]
   if len(set(workdirs)) != len(workdirs):
     raise errors.UserError(

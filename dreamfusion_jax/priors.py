@@ -53,7 +53,8 @@ def load_prior(config: ml_collections.ConfigDict) -> prior_lib.Prior:
 
 def load_object_prior(configs: Sequence[ml_collections.ConfigDict]
                       ) -> Tuple[prior_lib.Prior, prior_lib.Prior]:
-  """One prior for several objects (one config each, differing in prompt).
+  """One prior for several objects (one config each, differing in prompt
+  and in what sets the text embeddings: object_batch.PER_OBJECT).
 
   Returns:
     (prior, axes). `axes` has the prior's structure with 0 where a leaf has

@@ -1,7 +1,8 @@
 """Many objects in one program: `train_objects(objects)`.
 
 The objects (`object_batch.ObjectRun`: single-run configs that differ only in
-prompt and seed, one workdir each) are trained by one jitted step
+prompt, seed and what sets the prior's text embeddings
+(`object_batch.PER_OBJECT`), one workdir each) are trained by one jitted step
 (`train_step.make_object_train_step`): train states with a leading object
 axis split over the mesh's devices, the objects of a device vmapped, one
 batched prior call per step. Every object's folder gets what a single run
@@ -120,7 +121,7 @@ def train_objects(objects: Sequence[object_batch.ObjectRun],
 
   Args:
     objects: `object_batch.plan(config, root)` or any ObjectRuns that differ
-      only in prompt and seed.
+      only in `object_batch.PER_OBJECT` fields.
     batch_config, root: when given, the batch's config is written to
       ROOT/batch.json (a record of the launch).
 

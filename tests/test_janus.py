@@ -87,19 +87,25 @@ def test_posterior_group_shares_follow_the_likelihood_and_the_weights():
 
 def test_table_end_to_end(tmp_path):
   settings = {'exact': janus.EXACT, 'strong': toy_biased.LEVELS['strong']}
-  methods = ['paper', 'perp_neg']
+  methods = ['no_views', 'paper', 'perp_neg']
   results = janus.janus_evaluate(_tiny_config(), tmp_path, settings, methods,
                                  seeds=[0])
-  assert len(results['runs']) == 4
+  assert len(results['runs']) == 6
   for run in results['runs']:
     workdir = tmp_path / run['setting'] / run['method'] / 'seed_0'
     config = runs.load_config(str(workdir))
     assert config.guidance.perp_neg == (run['method'] == 'perp_neg')
+    assert config.guidance.view_prompts == (run['method'] != 'no_views')
     assert config.toy.view_adherence == settings[run['setting']][1]
     assert run['outcome'] == janus.classify(run['janus'])
+    # Settings and view prompts change only the embeddings: one batch per
+    # guidance program, no_views and paper together.
+    assert run['batch_objects'] == (2 if run['method'] == 'perp_neg' else 4)
   for name in settings:
     for method in methods:
       assert sum(results['counts'][name][method].values()) == 1
+  assert [(r['setting'], r['method']) for r in results['runs']] == [
+      (name, method) for name in settings for method in methods]
   table = janus.format_janus_table(results)
   assert '| Perp-Neg |' in table and '| view prompts (paper) |' in table
   assert 'Wall time' in table

@@ -94,11 +94,12 @@ def test_bad_batches_are_one_sentence(tmp_path, overrides, match):
   assert not (tmp_path / 'run').exists()
 
 
-def test_objects_of_one_batch_may_differ_only_in_prompt_and_seed(tmp_path):
+def test_objects_of_one_batch_differ_only_in_what_sets_the_embeddings(
+    tmp_path):
   a = object_batch.ObjectRun(_config(), str(tmp_path / 'a'))
   b = object_batch.ObjectRun(_config(**{'guidance.scale': 50.0}),
                              str(tmp_path / 'b'))
-  with pytest.raises(errors.UserError, match='guidance = '):
+  with pytest.raises(errors.UserError, match='has guidance.scale = 50.0 but '):
     train_objects.train_objects([a, b])
   with pytest.raises(errors.UserError, match='share a workdir'):
     train_objects.train_objects([a, object_batch.ObjectRun(
@@ -241,6 +242,30 @@ def test_launcher_trains_a_batch_and_resumes_it_after_sigkill(tmp_path):
   rc, out = _launch(killed, '--config.seeds=(0,0)')
   assert rc == 2 and 'repeats a seed' in out and 'Traceback' not in out
   assert sorted(p.name for p in ckpts[0].iterdir()) == before
+
+
+def test_toy_objects_get_their_own_bias_view_prompts_and_negative_prompt():
+  variants = [{}, {'toy.view_frequencies': (0.8, 0.15, 0.03, 0.02),
+                   'toy.view_adherence': 0.2},
+              {'guidance.view_prompts': False},
+              {'negative_prompt': 'a red cube'}]
+  configs = [object_batch.single_config(_config(**v), 'a snowman', 0)
+             for v in variants]
+  object_batch.check_batchable([object_batch.ObjectRun(c, str(i))
+                                for i, c in enumerate(configs)])
+  batched, axes = priors.load_object_prior(configs)
+  assert axes.view_embeddings == 0 and axes.uncond_embedding == 0
+  assert axes.negative_view_embeddings == 0
+  for i, config in enumerate(configs):
+    single = priors.load_prior(config)
+    for name in prior_lib.EMBEDDINGS:
+      np.testing.assert_array_equal(getattr(batched, name)[i],
+                                    getattr(single, name))
+    if i:  # Each variant changes some embedding of the first.
+      assert any(np.abs(getattr(batched, n)[i] - getattr(batched, n)[0]).max()
+                 > 1e-3 for n in prior_lib.EMBEDDINGS)
+  np.testing.assert_array_equal(batched.params['images'],
+                                priors.load_prior(configs[0]).params['images'])
 
 
 def test_stable_diffusion_objects_get_their_own_prompts(tmp_path):

@@ -107,8 +107,9 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
   """Trains (or reuses) and classifies one snowman per (setting, method, seed).
 
   Runs live in ROOT/<setting>/<method>/seed_<seed>; complete ones are
-  reused, and the seeds of a (setting, method) still to train train
-  together (toy_sweep.train_or_reuse_many). Results are also written to
+  reused, and those still to train train in batches
+  (toy_sweep.train_or_reuse_many): one per method's guidance program, over
+  every setting and seed (no_views and paper share one). Results are also written to
   ROOT/janus_results.json.
 
   Args:
@@ -124,7 +125,8 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
     {'threshold', 'num_steps', 'wall_seconds' (this call), 'train_seconds'
     (all runs' stored training time), 'settings', 'methods', 'runs' (one
     dict per run: 'setting', 'method', 'seed', 'outcome', 'janus',
-    'train_seconds'), 'counts' {setting: {method: {outcome: runs}}}}.
+    'train_seconds', 'batch_objects': runs trained with it, 0 when
+    reused), 'counts' {setting: {method: {outcome: runs}}}}.
   """
   if config.guidance.model != 'toy':
     raise errors.UserError(
@@ -134,21 +136,33 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
     raise errors.UserError(
         'Pass at least one prior setting, one method and one seed.')
   start = time.time()
-  runs = []
+  # Settings and view prompts on or off change only the prior's text
+  # embeddings (object_batch.PER_OBJECT), so every run whose method's other
+  # guidance keys agree trains in one batch: four batches for the five
+  # methods (no_views with paper), each over all settings and seeds.
+  batches = {}
   for name, setting in settings.items():
     for method in methods:
-      # The seeds of a (setting, method) train together as one batch.
-      jobs = [(run_config(config, method, setting, seed),
-               os.path.join(os.fspath(root), _slug(name), method,
-                            f'seed_{seed}')) for seed in seeds]
-      timings = toy_sweep.train_or_reuse_many(jobs, export=False)
-      for seed, (_, workdir), timing in zip(seeds, jobs, timings):
-        _, model, params, _ = runs_lib.load_trained(workdir)
-        density_fn, albedo_fn = field.point_functions(model, params)
-        check = toy_metrics.janus_check(density_fn, albedo_fn, threshold)
-        runs.append({'setting': name, 'method': method, 'seed': int(seed),
+      static = tuple(sorted((k, v) for k, v in METHODS[method].items()
+                            if k != 'view_prompts'))
+      batches.setdefault(static, []).extend(
+          ((name, method, seed), run_config(config, method, setting, seed),
+           os.path.join(os.fspath(root), _slug(name), method,
+                        f'seed_{seed}')) for seed in seeds)
+  by_run = {}
+  for batch in batches.values():
+    timings = toy_sweep.train_or_reuse_many(
+        [(c, w) for _, c, w in batch], export=False)
+    for (run, _, workdir), timing in zip(batch, timings):
+      _, model, params, _ = runs_lib.load_trained(workdir)
+      density_fn, albedo_fn = field.point_functions(model, params)
+      check = toy_metrics.janus_check(density_fn, albedo_fn, threshold)
+      by_run[run] = {'setting': run[0], 'method': run[1], 'seed': int(run[2]),
                      'outcome': classify(check), 'janus': check,
-                     'train_seconds': timing['train_seconds']})
+                     'train_seconds': timing['train_seconds'],
+                     'batch_objects': timing['batch_objects']}
+  runs = [by_run[(name, method, seed)] for name in settings
+          for method in methods for seed in seeds]
   counts = {name: {method: {o: sum(r['outcome'] == o for r in runs
                                    if r['setting'] == name
                                    and r['method'] == method)

@@ -63,7 +63,8 @@ def train_or_reuse_many(jobs: Sequence[Tuple[ml_collections.ConfigDict, str]],
   A complete run is not touched (its config must still match). The others
   (and, with `export`, the complete ones, which then only export) train
   together in one program (`train_objects`): their configs may differ only
-  in prompt and seed. A partial run resumes. Each trained run stores its
+  in `object_batch.PER_OBJECT` fields (prompt, seed, and what sets the
+  prior's text embeddings). A partial run resumes. Each trained run stores its
   share of the batch's wall time (prior loading and compilation included):
   the batch's seconds divided by its objects, added to what it stored
   before; 'batch_objects' says how many shared it.
