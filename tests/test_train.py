@@ -20,6 +20,7 @@ from configs import default
 from configs import tiny
 from dreamfusion_jax import checkpoint
 from dreamfusion_jax import errors
+from dreamfusion_jax import launch
 from dreamfusion_jax import priors
 from dreamfusion_jax import runs
 from dreamfusion_jax import train
@@ -417,3 +418,39 @@ def test_checkpoint_restores_on_a_different_device_count(tmp_path):
   restored = ckpt.restore(abstract)
   ckpt.close()
   np.testing.assert_array_equal(restored['a'], np.arange(6.0))
+
+
+def test_huge_page_restart_decision():
+  glibc, thp = ('glibc', '2.36'), 'always [madvise] never\n'
+  assert launch.huge_page_tunables({}, glibc, thp) == 'glibc.malloc.hugetlb=1'
+  # Other tunables are kept; one naming hugetlb is the user's choice.
+  assert launch.huge_page_tunables(
+      {'GLIBC_TUNABLES': 'glibc.malloc.trim_threshold=9'}, glibc, thp) == (
+          'glibc.malloc.trim_threshold=9:glibc.malloc.hugetlb=1')
+  assert launch.huge_page_tunables(
+      {'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, glibc, thp) is None
+  assert launch.huge_page_tunables({'DREAMFUSION_HUGE_PAGES': '0'}, glibc,
+                                   thp) is None
+  assert launch.huge_page_tunables({}, ('glibc', '2.34'), thp) is None
+  assert launch.huge_page_tunables({}, ('', ''), thp) is None
+  assert launch.huge_page_tunables({}, glibc, 'always madvise [never]') is None
+
+
+def test_launcher_restarts_once_with_its_arguments(tmp_path):
+  script = tmp_path / 'show.py'
+  script.write_text(
+      'import os, sys\n'
+      'from dreamfusion_jax import launch\n'
+      'print("START", flush=True)\n'
+      'launch.run(lambda argv: print("RAN", os.environ.get("GLIBC_TUNABLES"),'
+      ' argv[1:]))\n')
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  env.pop('GLIBC_TUNABLES', None)
+  env.pop('DREAMFUSION_HUGE_PAGES', None)
+  out = subprocess.run([sys.executable, '-u', str(script), 'a', 'b c'],
+                       env=env, capture_output=True, text=True, timeout=120,
+                       check=True).stdout
+  expected = launch.huge_page_tunables(env)
+  # Restarted (a second START) exactly when the decision says so.
+  assert out.count('START') == (1 if expected is None else 2), out
+  assert f"RAN {expected} ['a', 'b c']" in out, out
