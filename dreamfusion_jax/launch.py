@@ -9,8 +9,9 @@ huge pages on its mappings. XLA on a CPU allocates each step's temporaries
 (tens to hundreds of MB) with malloc, and glibc returns such large blocks
 to the kernel when they are freed, so every step faulted them in again
 4 KiB at a time; with 2 MiB pages the toy step runs about 1.3x faster
-(README, "Measured"). It changes no result. DREAMFUSION_HUGE_PAGES=0 turns it off; a GLIBC_TUNABLES that
-already names glibc.malloc.hugetlb is left as it is.
+(README, "Measured"). It changes no result. DREAMFUSION_HUGE_PAGES=0
+turns it off; a GLIBC_TUNABLES that already names glibc.malloc.hugetlb is
+left as it is.
 """
 
 import json

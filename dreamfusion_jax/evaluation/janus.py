@@ -30,6 +30,7 @@ import numpy as np
 
 from dreamfusion_jax import errors
 from dreamfusion_jax import files
+from dreamfusion_jax import object_batch
 from dreamfusion_jax import runs as runs_lib
 from dreamfusion_jax.evaluation import toy_sweep
 from dreamfusion_jax.nerf import field
@@ -109,8 +110,8 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
   Runs live in ROOT/<setting>/<method>/seed_<seed>; complete ones are
   reused, and those still to train train in batches
   (toy_sweep.train_or_reuse_many): one per method's guidance program, over
-  every setting and seed (no_views and paper share one). Results are also written to
-  ROOT/janus_results.json.
+  every setting and seed (no_views and paper share one). Results are also
+  written to ROOT/janus_results.json.
 
   Args:
     config: a toy config (e.g. configs/toy.py); prompt, seed, guidance
@@ -143,8 +144,9 @@ def janus_evaluate(config: ml_collections.ConfigDict, root: PathLike,
   batches = {}
   for name, setting in settings.items():
     for method in methods:
-      static = tuple(sorted((k, v) for k, v in METHODS[method].items()
-                            if k != 'view_prompts'))
+      static = tuple(sorted(
+          (k, v) for k, v in METHODS[method].items()
+          if f'guidance.{k}' not in object_batch.PER_OBJECT))
       batches.setdefault(static, []).extend(
           ((name, method, seed), run_config(config, method, setting, seed),
            os.path.join(os.fspath(root), _slug(name), method,
