@@ -25,8 +25,14 @@ def _run(tmp_path, *args):
   return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow
 def test_tiny_objects(tmp_path):
-  """configs/tiny.py at 1 and 2 objects per device, in one process."""
+  """configs/tiny.py at 1 and 2 objects per device, in one process.
+
+  Slow (about 80 s of the suite's CPU time): it checks the measuring
+  script's arithmetic, not the library; test_sd_dry_on_cpu keeps the
+  script's full-size path in the default run.
+  """
   rows, table = _run(tmp_path, '--config=configs/tiny.py', '--objects=1,2',
                      '--steps=2', '--nosubprocess')
   one, two = rows

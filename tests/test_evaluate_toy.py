@@ -1,8 +1,9 @@
 """The toy-world evaluation and the checkpoint renderer of the CLIP metric.
 
 One tiny run (configs/tiny.py, 2 steps) is trained once per module and
-shared; one default toy run checks the whole method end to end; the full
-five-prompt table is a slow test.
+shared; one default toy run (the snowman) checks the whole method end to
+end; the sphere's targets, the full five-prompt table and the five-seed
+nose checks are slow tests.
 """
 
 import json
@@ -196,13 +197,36 @@ def test_non_toy_config_is_refused(tmp_path):
     toy_sweep.toy_evaluate(config, tmp_path, ['a red cube'], [0])
 
 
-def test_default_toy_run_recovers_the_sphere(tmp_path):
-  """End to end: configs/toy.py as shipped learns the sphere's shape.
+def test_default_toy_run_grows_the_snowmans_nose_on_the_front(tmp_path):
+  """End to end: configs/toy.py as shipped, the snowman, seed 0.
 
   About two minutes: the default run without its export, scored like the
-  table's runs (occupancy is density > 1). The recipe issue's sphere
-  targets: IoU 0.85 and normals within 10 degrees; seeds 0-5 measured
-  0.94-0.98 and 5-7 degrees (README).
+  table's runs (occupancy is density > 1). Its nose grows on the front, as
+  it did in every seed of five with the paper's view prompts; three of
+  those also grew a second one on the back (the five-seed checks are
+  slow, below), and its shape holds.
+  """
+  config = toy.get_config()
+  config.prompt = toy_sweep.SNOWMAN
+  results = toy_sweep.toy_evaluate(config, tmp_path, [config.prompt], [0],
+                                   threshold=1.0)
+  (run,) = results['runs']
+  assert run['step'] == config.num_steps
+  assert results['prompts'][config.prompt]['nose_front'] == 1, run
+  # Seed 0 measured IoU 0.80 and normals 8.9 degrees (six seeds: 0.85 and
+  # 8.3); a recipe that breaks the shape falls well below either.
+  assert run['iou'] >= 0.7, run
+  assert run['normal_angle'] <= 15.0, run
+
+
+@pytest.mark.slow
+def test_default_toy_run_recovers_the_sphere(tmp_path):
+  """configs/toy.py as shipped learns the sphere's shape (about two minutes).
+
+  The recipe's sphere targets: IoU 0.85 and normals within 10 degrees;
+  seeds 0-5 measured 0.94-0.98 and 5-7 degrees (README). Slow so that the
+  default run's one end-to-end toy run can be the snowman, whose nose the
+  Janus work asks the default run to check.
   """
   config = toy.get_config()
   assert config.prompt == 'a blue sphere'
@@ -291,25 +315,9 @@ def test_perp_neg_puts_the_nose_on_the_front(tmp_path):
     raise _NoseNotOnTheFront(row)
 
 
-@pytest.mark.slow
-def test_one_snowman_grows_its_nose_on_the_front(tmp_path):
-  """configs/toy.py, seed 0: a nose grows on the front (about 2 minutes).
-
-  Slow: the nose appears only late in the toy recipe's 1000 steps, so no
-  run short enough for the default suite shows it. This checks the front
-  only: with the paper's view prompts three seeds of five also grew a
-  second nose on the back (README, the Janus problem), which the
-  five-seed target above counts against it.
-  """
-  row = _evaluate(tmp_path, [toy_sweep.SNOWMAN], '0',
-                  threshold=1.0)[toy_sweep.SNOWMAN]
-  if row['nose_front'] != 1:
-    raise _NoseNotOnTheFront(row)
-
-
-def test_shading_ablation_variants(tmp_path):
+def test_shading_ablation_variants():
   """Albedo-only never lights a view, + lit never drops the texture, and
-  the full recipe does both; every variant trains and is scored."""
+  the full recipe does both."""
   config = _tiny_config()
   for variant, lit, textureless in (('albedo', False, False),
                                     ('lit', True, False),
@@ -320,8 +328,14 @@ def test_shading_ablation_variants(tmp_path):
                                                          64))
     assert bool(np.any(np.asarray(modes.diffuse) > 0)) == lit, variant
     assert bool(np.any(np.asarray(modes.textureless) > 0)) == textureless
-  results = ablation.shading_ablation(config, tmp_path, ['a red cube'], [0],
-                                      threshold=1.0)
+
+
+@pytest.mark.slow
+def test_shading_ablation_trains_and_scores_every_variant(tmp_path):
+  """The ablation's three tiny runs and their table (slow: three
+  compilations, about 50 s of the suite's CPU time)."""
+  results = ablation.shading_ablation(_tiny_config(), tmp_path,
+                                      ['a red cube'], [0], threshold=1.0)
   assert set(results['variants']) == set(ablation.VARIANTS)
   table = ablation.format_ablation_table(results)
   assert 'a red cube' in table and table.count('|') > 10

@@ -118,7 +118,10 @@ def test_table_end_to_end(tmp_path):
   assert again['wall_seconds'] < results['wall_seconds']
 
 
+@pytest.mark.slow
 def test_evaluate_py_janus_mode(tmp_path):
+  """The command line of the Janus table (slow: about 40 s of the suite's
+  CPU time; test_table_end_to_end runs the same janus_evaluate in process)."""
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments', 'evaluate.py'),
        '--mode=janus', f'--root={tmp_path}', '--seeds=0',

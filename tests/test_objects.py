@@ -198,13 +198,20 @@ def _launch(workdir, *overrides, wait=True):
   return proc.returncode, out
 
 
-def test_launcher_trains_a_batch_and_resumes_it_after_sigkill(tmp_path):
+_BATCH_ARGS = ('--config.seeds=(0,1)', '--config.num_steps=8',
+               '--config.checkpoint.every_steps=2')
+
+
+def _launch_batch(tmp_path, workdir, *args, wait=True):
   prompts = tmp_path / 'prompts.txt'
   prompts.write_text('a red cube\n')
-  args = [f'--config.prompts_file={prompts}', '--config.seeds=(0,1)',
-          '--config.num_steps=8', '--config.checkpoint.every_steps=2']
-  rc, out = _launch(tmp_path / 'straight', *args,
-                    '--config.export.at_end=True')
+  return _launch(workdir, f'--config.prompts_file={prompts}', *_BATCH_ARGS,
+                 *args, wait=wait)
+
+
+def test_launcher_trains_and_exports_a_batch_and_refuses_bad_input(tmp_path):
+  rc, out = _launch_batch(tmp_path, tmp_path / 'straight',
+                          '--config.export.at_end=True')
   assert rc == 0, out[-3000:]
   assert 'object-steps/s' in out and 'ETA' in out
   batch = json.loads((tmp_path / 'straight' / 'batch.json').read_text())
@@ -218,8 +225,24 @@ def test_launcher_trains_a_batch_and_resumes_it_after_sigkill(tmp_path):
     for ext in ('glb', 'obj', 'ply', 'mp4'):
       assert list((workdir / 'export').glob(f'*.{ext}')), (seed, ext)
 
+  # Bad input: one sentence, exit status 2, the run untouched.
+  ckpts = tmp_path / 'straight' / 'a_red_cube' / 'seed_0' / 'checkpoints'
+  before = sorted(p.name for p in ckpts.iterdir())
+  rc, out = _launch(tmp_path / 'straight', '--config.seeds=(0,0)')
+  assert rc == 2 and 'repeats a seed' in out and 'Traceback' not in out
+  assert sorted(p.name for p in ckpts.iterdir()) == before
+
+
+@pytest.mark.slow
+def test_launcher_resumes_a_batch_after_sigkill(tmp_path):
+  """A real SIGKILL of the batch launcher (slow: three launches, about a
+  minute of the suite's CPU time). The default run keeps the same resume
+  in one process (test_a_batch_killed_between_two_objects_saves_resumes_
+  exactly) and a real SIGKILL of a single run (test_train.py)."""
+  rc, out = _launch_batch(tmp_path, tmp_path / 'straight')
+  assert rc == 0, out[-3000:]
   killed = tmp_path / 'killed'
-  proc = _launch(killed, *args, wait=False)
+  proc = _launch_batch(tmp_path, killed, wait=False)
   ckpts = [killed / 'a_red_cube' / f'seed_{s}' / 'checkpoints' for s in (0, 1)]
   deadline = time.time() + 300
   while not (ckpts[0] / '4').exists() and proc.poll() is None:
@@ -228,7 +251,7 @@ def test_launcher_trains_a_batch_and_resumes_it_after_sigkill(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (ckpts[1] / '8').exists(), 'the run finished before the kill'
-  rc, out = _launch(killed, *args)
+  rc, out = _launch_batch(tmp_path, killed)
   assert rc == 0, out[-3000:]
   assert re.search(r'Resumed 2 objects from step [246]\.', out), out[-3000:]
   for seed in (0, 1):
@@ -236,12 +259,6 @@ def test_launcher_trains_a_batch_and_resumes_it_after_sigkill(tmp_path):
     b = _params(tmp_path / 'straight' / 'a_red_cube' / f'seed_{seed}', 8)
     for x, y in zip(a, b):
       np.testing.assert_array_equal(x, y)
-
-  # Bad input: one sentence, exit status 2, the run untouched.
-  before = sorted(p.name for p in ckpts[0].iterdir())
-  rc, out = _launch(killed, '--config.seeds=(0,0)')
-  assert rc == 2 and 'repeats a seed' in out and 'Traceback' not in out
-  assert sorted(p.name for p in ckpts[0].iterdir()) == before
 
 
 def test_toy_objects_get_their_own_bias_view_prompts_and_negative_prompt():
