@@ -39,8 +39,9 @@ LEVELS = {
 # seeds 0-4, density > 1, the corrected Janus check): at strong bias no
 # snowman grows a nose anywhere, with view prompts or without (5 of 5
 # none each), nor at moderate or severe bias, where the exact prior grows
-# one on the front in every view-prompt run. Why (experiments/janus_bias_reach.py): the photographs
-# are lit by random lights, and a render's nearest photograph is chosen by
+# one on the front in every view-prompt run. Why
+# (experiments/janus_bias_reach.py): the photographs are lit by random
+# lights, and a render's nearest photograph is chosen by
 # its light more than by its 3x5-pixel nose (8 of 16 front renders are
 # nearest a back photograph). At small noise the exact denoiser answers
 # with the nearest photograph among the groups of positive weight,
