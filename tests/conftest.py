@@ -20,10 +20,6 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(
       prefix='dreamfusion_jax_xla_cache_')
   os.environ[_OWNED] = str(os.getpid())
-  # Every program, not only those that take a second to compile: the toy
-  # prior's sphere tracer, the camera sampler and the previews are each
-  # compiled again by almost every test process.
-  os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
 def pytest_unconfigure(config):
